@@ -1,0 +1,7 @@
+"""Weight porting between PyTorch checkpoints and v3d Flax models."""
+
+from v3d_flax.port.checkpoint import load_torch_checkpoint, unwrap_state_dict
+from v3d_flax.port.core import PortError, PortReport, from_torch, rename_keys, to_torch, torch_shapes
+
+__all__ = ["from_torch", "to_torch", "load_torch_checkpoint", "unwrap_state_dict", "rename_keys",
+           "torch_shapes", "PortError", "PortReport"]

@@ -1,0 +1,223 @@
+"""Copy weights between v3d Flax models and PyTorch state_dicts.
+
+The Flax models mirror the PyTorch reference module for module, so a Flax module at NNX path
+("layer1", 0, "conv1", 0) is the torch module "layer1.0.conv1.0". Porting walks the Flax model's
+`Conv3d`, `Linear` and `BatchNorm` modules and converts each tensor with one of four transforms:
+
+  conv kernel   torch (O, I, kT, kH, kW)  <->  Flax (kT, kH, kW, I, O)      transpose (2, 3, 4, 1, 0)
+  linear        torch (out, in)           <->  Flax (in, out)               transpose; columns
+                permuted from (C, T, H, W) to (T, H, W, C) order when `torch_input_shape` is set
+  batch norm    weight, bias, running_mean, running_var, num_batches_tracked
+                <-> scale, bias, mean, var, num_batches_tracked               as is
+  bias          as is
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from v3d_flax.layers import BatchNorm, Conv3d, Linear
+from v3d_flax.port.keymaps import KEYMAPS
+
+CONV_TO_FLAX = (2, 3, 4, 1, 0)  # (O, I, kT, kH, kW) -> (kT, kH, kW, I, O)
+CONV_TO_TORCH = (4, 3, 0, 1, 2)  # inverse permutation
+_BN_NAMES = {"weight": "scale", "bias": "bias", "running_mean": "mean", "running_var": "var",
+             "num_batches_tracked": "num_batches_tracked"}
+_OPTIONAL_KEYS = ("num_batches_tracked",)  # absent from older checkpoints; harmless to skip
+
+
+class PortError(ValueError):
+    """A state_dict does not fit a model: names every missing, unexpected and mis-shaped key."""
+
+
+@dataclass
+class PortReport:
+    """What `from_torch(..., strict=False)` could not load."""
+
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    mismatched: list[str] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.missing or self.unexpected or self.mismatched)
+
+    def describe(self) -> str:
+        parts = []
+        if self.missing:
+            parts.append(f"missing keys ({len(self.missing)}): {', '.join(self.missing)}")
+        if self.unexpected:
+            parts.append(f"unexpected keys ({len(self.unexpected)}): {', '.join(self.unexpected)}")
+        if self.mismatched:
+            parts.append(f"mis-shaped keys ({len(self.mismatched)}): {', '.join(self.mismatched)}")
+        return "; ".join(parts)
+
+
+def _to_numpy(value: Any) -> np.ndarray:
+    if hasattr(value, "detach"):  # torch.Tensor, without importing torch here
+        value = value.detach().cpu()
+        if value.is_floating_point():
+            value = value.float()
+        return value.numpy()
+    return np.asarray(value)
+
+
+def _module_key(path: tuple) -> str:
+    return ".".join(str(p) for p in path)
+
+
+def _param_slots(model: nnx.Module) -> list:
+    """(torch_key, module, flax_attr, kind) for every tensor the torch twin holds; all state covered."""
+    slots, covered = [], set()
+    for path, module in nnx.iter_modules(model):
+        for slot in _module_slots(path, module):
+            slots.append(slot)
+            covered.add((*path, slot[2]))
+    state_paths = {tuple(p) for p, _ in nnx.state(model, nnx.Param, nnx.BatchStat).flat_state()}
+    if state_paths - covered:
+        left = sorted(".".join(map(str, p)) for p in state_paths - covered)
+        raise TypeError(f"{type(model).__name__} has state that porting does not know: {', '.join(left)}")
+    return slots
+
+
+def _module_slots(path: tuple, module: nnx.Module):
+    """The torch twin's tensors of one module."""
+    prefix = _module_key(path)
+    if isinstance(module, Conv3d):
+        yield f"{prefix}.weight", module, "kernel", "conv"
+        if module.bias is not None:
+            yield f"{prefix}.bias", module, "bias", "plain"
+    elif isinstance(module, Linear):
+        yield f"{prefix}.weight", module, "kernel", "linear"
+        if module.bias is not None:
+            yield f"{prefix}.bias", module, "bias", "plain"
+    elif isinstance(module, BatchNorm):
+        for torch_name, flax_name in _BN_NAMES.items():
+            yield f"{prefix}.{torch_name}", module, flax_name, "plain"
+    elif isinstance(module, (nnx.Conv, nnx.Linear, nnx.BatchNorm, nnx.LayerNorm)):
+        raise TypeError(f"{prefix}: use v3d_flax.layers' Conv3d/Linear/BatchNorm so the module can be ported")
+
+
+def _linear_to_flax(w: np.ndarray, module: Linear) -> np.ndarray:
+    if module.torch_input_shape is not None:
+        c = module.torch_input_shape[0]
+        rest = tuple(module.torch_input_shape[1:])
+        w = w.reshape(w.shape[0], c, *rest)
+        w = np.moveaxis(w, 1, -1).reshape(w.shape[0], -1)  # columns (C, T, H, W) -> (T, H, W, C)
+    return w.T
+
+
+def _linear_to_torch(k: np.ndarray, module: Linear) -> np.ndarray:
+    w = k.T
+    if module.torch_input_shape is not None:
+        c = module.torch_input_shape[0]
+        rest = tuple(module.torch_input_shape[1:])
+        w = w.reshape(w.shape[0], *rest, c)
+        w = np.moveaxis(w, -1, 1).reshape(w.shape[0], -1)  # columns (T, H, W, C) -> (C, T, H, W)
+    return w
+
+
+def _flax_to_torch(value: np.ndarray, module, kind: str) -> np.ndarray:
+    if kind == "conv":
+        return np.transpose(value, CONV_TO_TORCH)
+    if kind == "linear":
+        return _linear_to_torch(value, module)
+    return value
+
+
+def _torch_to_flax(value: np.ndarray, module, kind: str) -> np.ndarray:
+    if kind == "conv":
+        return np.transpose(value, CONV_TO_FLAX)
+    if kind == "linear":
+        return _linear_to_flax(value, module)
+    return value
+
+
+def rename_keys(state_dict: Mapping[str, Any], source: str, arch: str | None) -> dict[str, Any]:
+    """Apply the key map of `source` (for model `arch`) to every key; drop keys mapped to None."""
+    if source not in KEYMAPS:
+        raise ValueError(f"unknown source {source!r}; known sources: {', '.join(sorted(KEYMAPS))}")
+    rules: list = []
+    entries = KEYMAPS[source]
+    if entries:
+        matched = [r for pattern, r in entries if arch is not None and fnmatch.fnmatchcase(arch, pattern)]
+        if not matched:
+            supported = ", ".join(p for p, _ in entries)
+            raise ValueError(f"source {source!r} has no key map for model {arch!r}; it covers: {supported}")
+        rules = [rule for r in matched for rule in r]
+    compiled = [(re.compile(p), repl) for p, repl in rules]
+    renamed: dict[str, Any] = {}
+    for key, value in state_dict.items():
+        new: str | None = key
+        for pattern, repl in compiled:
+            if pattern.fullmatch(new):
+                new = None if repl is None else pattern.sub(repl, new)
+                if new is None:
+                    break
+        if new is not None:
+            if new in renamed:
+                raise PortError(f"key map {source!r} maps two keys onto {new!r} (one is {key!r})")
+            renamed[new] = value
+    return renamed
+
+
+def torch_shapes(model: nnx.Module) -> dict[str, tuple[int, ...]]:
+    """The state_dict keys and shapes the PyTorch twin of `model` has."""
+    return {key: tuple(_flax_to_torch(np.asarray(getattr(m, attr)[...]), m, kind).shape)
+            for key, m, attr, kind in _param_slots(model)}
+
+
+def from_torch(model: nnx.Module, state_dict: Mapping[str, Any], *, source: str = "v3d",
+               strict: bool = True) -> PortReport:
+    """Copy a PyTorch state_dict (torch tensors or numpy arrays) into the Flax `model` in place.
+
+    `source` names the key map (see `v3d_flax.port.keymaps`): "v3d" for `v3d_torch_ref` models,
+    or a public checkpoint family. With `strict=True`, any missing, unexpected or mis-shaped key
+    raises `PortError` naming them all and leaves the model untouched; with `strict=False` the
+    keys that fit are loaded and a `PortReport` lists the rest.
+    """
+    arch = getattr(model, "arch", None)
+    tensors = {k: _to_numpy(v) for k, v in rename_keys(state_dict, source, arch).items()}
+    slots = list(_param_slots(model))
+    report = PortReport()
+    updates = []
+    for key, module, attr, kind in slots:
+        if key not in tensors:
+            if not key.endswith(_OPTIONAL_KEYS):
+                report.missing.append(key)
+            continue
+        target = getattr(module, attr)
+        value = _torch_to_flax(tensors[key], module, kind) if tensors[key].ndim else tensors[key]
+        if value.shape != target[...].shape:
+            expected = _flax_to_torch(np.asarray(target[...]), module, kind).shape
+            report.mismatched.append(f"{key} (checkpoint {tuple(tensors[key].shape)}, model {tuple(expected)})")
+            continue
+        updates.append((target, value))
+    known = {key for key, *_ in slots}
+    report.unexpected = sorted(k for k in tensors if k not in known)
+    if strict and report:
+        raise PortError(f"state_dict does not match {arch or type(model).__name__} (source={source!r}): "
+                        + report.describe())
+    for target, value in updates:
+        target[...] = jnp.asarray(value, dtype=target[...].dtype)
+    return report
+
+
+def to_torch(model: nnx.Module) -> dict[str, "Any"]:
+    """The Flax model's weights as a PyTorch state_dict in v3d_torch_ref's (torchvision's) naming."""
+    import torch
+
+    state = {}
+    for key, module, attr, kind in _param_slots(model):
+        value = np.asarray(getattr(module, attr)[...])
+        if attr == "num_batches_tracked":
+            state[key] = torch.tensor(int(value), dtype=torch.int64)
+        else:
+            state[key] = torch.from_numpy(np.ascontiguousarray(_flax_to_torch(value, module, kind)).copy())
+    return state

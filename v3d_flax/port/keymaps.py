@@ -1,0 +1,18 @@
+"""Key maps: how each public checkpoint's state_dict keys map onto v3d's reference names.
+
+Data, not code. `KEYMAPS[source]` is a list of `(arch_pattern, rules)`; for a model whose
+registry name matches `arch_pattern` (fnmatch), each rule `(regex, replacement)` is applied in
+order to every key with `re.sub` (full-key match). A replacement of None drops the key (for
+tensors the source carries that no v3d model has). The "v3d" source is our own naming:
+`v3d_torch_ref`'s state_dict, which equals torchvision's for the video ResNets.
+"""
+
+from __future__ import annotations
+
+KeyRule = tuple[str, str | None]
+
+KEYMAPS: dict[str, list[tuple[str, list[KeyRule]]]] = {
+    "v3d": [],
+    # torchvision.models.video: our reference uses torchvision's names, so the map is empty.
+    "torchvision": [("r3d_*", []), ("mc3_*", []), ("r2plus1d_18", []), ("r2plus1d_34", [])],
+}

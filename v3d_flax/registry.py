@@ -1,0 +1,41 @@
+"""Model registry: one name -> factory table shared in spirit with `v3d_torch_ref.registry`.
+
+Factories are referenced as "module:function" strings and imported on first use, so that
+importing `v3d_flax` stays cheap and each family lives in its own file.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from flax import nnx
+
+# name -> "module:factory". Names follow torchvision / PyTorchVideo hub names.
+_MODELS: dict[str, str] = {
+    "c3d": "v3d_flax.models.c3d:c3d",
+    "r3d_18": "v3d_flax.models.resnet3d:r3d_18",
+    "r3d_34": "v3d_flax.models.resnet3d:r3d_34",
+    "mc3_18": "v3d_flax.models.resnet3d:mc3_18",
+    "r2plus1d_18": "v3d_flax.models.resnet3d:r2plus1d_18",
+    "r2plus1d_34": "v3d_flax.models.resnet3d:r2plus1d_34",
+}
+
+
+def list_models() -> list[str]:
+    """Names accepted by `create_model`, sorted."""
+    return sorted(_MODELS)
+
+
+def get_factory(name: str):
+    """The factory function registered under `name`; ValueError listing the names otherwise."""
+    if name not in _MODELS:
+        raise ValueError(f"unknown model {name!r}; available models: {', '.join(list_models())}")
+    module, attr = _MODELS[name].split(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def create_model(name: str, *, num_classes: int, rngs: nnx.Rngs, **kwargs) -> nnx.Module:
+    """Build the Flax model `name` (NDHWC input, logits output) with freshly initialised weights."""
+    model = get_factory(name)(num_classes=num_classes, rngs=rngs, **kwargs)
+    model.arch = name
+    return model
