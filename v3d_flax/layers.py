@@ -135,7 +135,7 @@ class BatchNorm(nnx.Module):
             mean, var = self.mean[...], self.var[...]
         else:
             axes = tuple(range(x.ndim - 1))
-            xf = x.astype(jnp.float32)
+            xf = x.astype(jnp.promote_types(x.dtype, jnp.float32))  # bf16 -> f32; f64 stays
             count = 1
             for a in axes:
                 count *= x.shape[a]
@@ -149,8 +149,8 @@ class BatchNorm(nnx.Module):
                 count *= jax.lax.psum(1, self.axis_name)
             unbiased = var * (count / max(count - 1, 1))
             m = self.momentum
-            self.mean[...] = (1 - m) * self.mean[...] + m * mean
-            self.var[...] = (1 - m) * self.var[...] + m * unbiased
+            self.mean[...] = ((1 - m) * self.mean[...] + m * mean).astype(self.mean[...].dtype)
+            self.var[...] = ((1 - m) * self.var[...] + m * unbiased).astype(self.var[...].dtype)
             self.num_batches_tracked[...] = self.num_batches_tracked[...] + 1
         inv = jax.lax.rsqrt(var + self.eps)
         if self.use_scale:

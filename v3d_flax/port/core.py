@@ -60,12 +60,14 @@ class PortReport:
 
 
 def _to_numpy(value: Any) -> np.ndarray:
+    """A private numpy copy: jax may alias host buffers, so sharing memory with the caller's
+    tensors would let a later in-place torch update (running stats) leak into the Flax model."""
     if hasattr(value, "detach"):  # torch.Tensor, without importing torch here
         value = value.detach().cpu()
         if value.is_floating_point():
             value = value.float()
-        return value.numpy()
-    return np.asarray(value)
+        return value.numpy().copy()
+    return np.array(value, copy=True)
 
 
 def _module_key(path: tuple) -> str:
@@ -79,7 +81,7 @@ def _param_slots(model: nnx.Module) -> list:
         for slot in _module_slots(path, module):
             slots.append(slot)
             covered.add((*path, slot[2]))
-    state_paths = {tuple(p) for p, _ in nnx.state(model, nnx.Param, nnx.BatchStat).flat_state()}
+    state_paths = {tuple(p) for p, _ in nnx.to_flat_state(nnx.state(model, (nnx.Param, nnx.BatchStat)))}
     if state_paths - covered:
         left = sorted(".".join(map(str, p)) for p in state_paths - covered)
         raise TypeError(f"{type(model).__name__} has state that porting does not know: {', '.join(left)}")

@@ -1,0 +1,165 @@
+"""Reusable parity harness: copy random PyTorch reference weights into the Flax twin and compare.
+
+Every architecture's parity test calls `check_parity`; it measures, at float32 precision,
+eval- and train-mode outputs, BatchNorm running statistics after one train-mode forward, the
+gradient of a fixed loss with respect to the input, and the Flax -> torch -> Flax round trip.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import torch
+from flax import nnx
+
+import v3d_flax
+import v3d_torch_ref
+from v3d_flax import port
+
+TOL = 1e-4
+GRAD_TOL = 1e-6  # float64 on both sides: any formula difference shows far above this
+
+
+def rel_err(ref: np.ndarray, got: np.ndarray) -> float:
+    """max |ref - got| relative to the scale (max |ref|) of the reference."""
+    ref, got = np.asarray(ref, np.float64), np.asarray(got, np.float64)
+    assert ref.shape == got.shape, (ref.shape, got.shape)
+    return float(np.max(np.abs(ref - got)) / max(np.max(np.abs(ref)), 1e-12))
+
+
+def randomize_batchnorm(model: torch.nn.Module, seed: int = 0) -> None:
+    """Give every BatchNorm non-trivial affine parameters and running statistics."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                n = m.num_features
+                m.weight.copy_(torch.rand(n, generator=g) + 0.5)
+                m.bias.copy_(torch.randn(n, generator=g) * 0.1)
+                m.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
+                m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
+
+
+def ncdhw_to_ndhwc(x):
+    return np.ascontiguousarray(np.transpose(x, (0, 2, 3, 4, 1)))
+
+
+def _torch_call(model, inputs):
+    tensors = [torch.from_numpy(x) for x in inputs]
+    return model(tensors if len(tensors) > 1 else tensors[0])
+
+
+def _flax_inputs(inputs):
+    arrays = tuple(jnp.asarray(ncdhw_to_ndhwc(x)) for x in inputs)
+    return arrays if len(arrays) > 1 else arrays[0]
+
+
+def _torch_train_mode(model):
+    model.train()
+    for m in model.modules():  # dropout cannot share RNG streams across frameworks: keep it off
+        if isinstance(m, torch.nn.Dropout):
+            m.eval()
+
+
+def _flax_train_mode(model):
+    model.train()
+    for _, m in nnx.iter_modules(model):
+        if isinstance(m, nnx.Dropout):
+            m.deterministic = True
+
+
+def input_gradient_error(tm, fm, inputs, weights) -> float:
+    """Train-mode gradient of sum(logits * weights) w.r.t. the input, Flax vs torch, both in float64.
+
+    Float64 on both sides makes this an exact check of every backward formula (BN's included):
+    in float32 the input gradient of a deep randomly initialised net is ill-conditioned, and
+    PyTorch's own float32 gradient sits 1e-5..1e-2 (relative L2) from its float64 one.
+    """
+    import copy
+
+    tm64 = copy.deepcopy(tm).double()
+    _torch_train_mode(tm64)
+    tensors = [torch.from_numpy(x.astype(np.float64)).requires_grad_(True) for x in inputs]
+    out = tm64(tensors if len(tensors) > 1 else tensors[0])
+    (out * torch.from_numpy(weights)).sum().backward()
+    _flax_train_mode(fm)
+    graphdef, state = nnx.split(fm)
+    with jax.enable_x64(True):
+        state64 = jax.tree.map(lambda a: a.astype(jnp.float64) if a.dtype == jnp.float32 else a, state)
+        xs = tuple(jnp.asarray(ncdhw_to_ndhwc(x.astype(np.float64))) for x in inputs)
+
+        def loss(xs, state):
+            return jnp.sum(nnx.merge(graphdef, state)(xs if len(xs) > 1 else xs[0]) * weights)
+
+        grads = jax.grad(jax.jit(loss))(xs, state64)
+        return max(rel_err(ncdhw_to_ndhwc(t.grad.numpy()), np.asarray(g)) for t, g in zip(tensors, grads))
+
+
+@dataclass
+class ParityReport:
+    errors: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def worst(self) -> float:
+        return max(self.errors.values())
+
+
+def build_pair(name: str, *, num_classes: int = 10, seed: int = 0, **kwargs):
+    """A torch reference with random weights and BN statistics, and its Flax twin loaded from it."""
+    torch.manual_seed(seed)
+    tm = v3d_torch_ref.create_model(name, num_classes=num_classes, **kwargs)
+    randomize_batchnorm(tm, seed)
+    fm = v3d_flax.create_model(name, num_classes=num_classes, rngs=nnx.Rngs(seed + 1), **kwargs)
+    port.from_torch(fm, tm.state_dict())
+    return tm, fm
+
+
+def check_parity(name: str, input_shapes, *, num_classes: int = 10, seed: int = 0, tol: float = TOL,
+                 **kwargs) -> ParityReport:
+    """Run every parity check for model `name` on NCDHW inputs of `input_shapes`; assert each within tol."""
+    if isinstance(input_shapes[0], int):
+        input_shapes = [input_shapes]
+    rng = np.random.RandomState(seed)
+    inputs = [rng.randn(*s).astype(np.float32) for s in input_shapes]
+    tm, fm = build_pair(name, num_classes=num_classes, seed=seed, **kwargs)
+    report = ParityReport()
+    with jax.default_matmul_precision("float32"):
+        # eval mode
+        tm.eval()
+        fm.eval()
+        with torch.no_grad():
+            ref = _torch_call(tm, inputs).numpy()
+        report.errors["eval_output"] = rel_err(ref, fm(_flax_inputs(inputs)))
+
+        # train mode: output, then the BN running statistics both updated
+        _torch_train_mode(tm)
+        _flax_train_mode(fm)
+        with torch.no_grad():
+            ref = _torch_call(tm, inputs).numpy()
+        report.errors["train_output"] = rel_err(ref, fm(_flax_inputs(inputs)))
+        ref_state = tm.state_dict()
+        got_state = port.to_torch(fm)
+        stats = [k for k in ref_state if k.endswith(("running_mean", "running_var"))]
+        if stats:
+            report.errors["bn_running_stats"] = max(rel_err(ref_state[k].numpy(), got_state[k].numpy()) for k in stats)
+            counts = {k for k in ref_state if k.endswith("num_batches_tracked")}
+            assert all(int(ref_state[k]) == int(got_state[k]) for k in counts)
+
+    # round trip Flax -> torch -> Flax is bit-exact, and the reference loads it strictly
+    exported = port.to_torch(fm)
+    tm.load_state_dict(exported, strict=True)
+    fresh = v3d_flax.create_model(name, num_classes=num_classes, rngs=nnx.Rngs(seed + 7), **kwargs)
+    port.from_torch(fresh, exported)
+    for (pa, a), (pb, b) in zip(nnx.to_flat_state(nnx.state(fm)), nnx.to_flat_state(nnx.state(fresh))):
+        if isinstance(a, (nnx.Param, nnx.BatchStat)):
+            assert pa == pb and np.array_equal(np.asarray(a.get_value()), np.asarray(b.get_value())), f"round trip changed {pa}"
+    for k, v in port.to_torch(fresh).items():
+        assert torch.equal(v, exported[k]), f"round trip changed {k}"
+
+    report.errors["input_grad_f64"] = input_gradient_error(tm, fm, inputs, rng.randn(inputs[0].shape[0], num_classes))
+    for what, err in report.errors.items():
+        assert err <= (GRAD_TOL if what == "input_grad_f64" else tol), f"{name}: {what} relative error {err:.3g} > {tol:g} ({report.errors})"
+    return report

@@ -1,0 +1,112 @@
+"""The seed's building blocks, PyTorch reference (NCDHW); twins of `v3d_flax.blocks`.
+
+- `Conv3DBlock`: conv -> BN -> ReLU -> optional max-pool.
+- `SpatioTemporalConv`: the (2+1)D factorisation, a (1, k, k) spatial conv, BN, ReLU, then a (k, 1, 1)
+  temporal conv, with the mid-channel count chosen so its parameters match a full k^3 conv.
+- `Residual3DBlock`: a ResNet basic block whose convs are full 3D ("3d"), spatial-only ("no_temporal",
+  MC3) or (2+1)D ("2plus1d"); `downsample_temporal=False` keeps the time axis when striding.
+- `FramewiseConv2d`: a 2D conv applied to every frame independently (no motion seen).
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+
+def _triple(v):
+    return (v, v, v) if isinstance(v, int) else tuple(v)
+
+
+def midplanes(inplanes: int, planes: int, kernel: int = 3) -> int:
+    """(2+1)D mid channels matching a full kernel^3 conv's parameters (torchvision's formula)."""
+    return (inplanes * planes * kernel ** 3) // (inplanes * kernel ** 2 + kernel * planes)
+
+
+def conv_param_counts(in_channels: int, out_channels: int, kernel: int = 3) -> dict[str, int]:
+    """Weights of a 2D (frame-by-frame), a 3D and a (2+1)D conv between the same channel counts."""
+    mid = midplanes(in_channels, out_channels, kernel)
+    return {
+        "2d": in_channels * out_channels * kernel ** 2,
+        "3d": in_channels * out_channels * kernel ** 3,
+        "(2+1)d": in_channels * mid * kernel ** 2 + mid * out_channels * kernel,
+    }
+
+
+class Conv3DBlock(nn.Module):
+    """Conv3d (no bias) -> BatchNorm3d -> ReLU -> optional MaxPool3d."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size=3, stride=1, padding=1,
+                 pool_size=None, pool_stride=None):
+        super().__init__()
+        self.conv = nn.Conv3d(in_channels, out_channels, kernel_size, stride, padding, bias=False)
+        self.bn = nn.BatchNorm3d(out_channels)
+        self.relu = nn.ReLU(inplace=True)
+        self.pool = nn.MaxPool3d(pool_size, pool_stride) if pool_size is not None else None
+
+    def forward(self, x):
+        x = self.relu(self.bn(self.conv(x)))
+        return self.pool(x) if self.pool is not None else x
+
+
+class SpatioTemporalConv(nn.Sequential):
+    """(2+1)D conv: spatial (1,k,k) -> BN -> ReLU -> temporal (k,1,1); torchvision's Conv2Plus1D keys."""
+
+    def __init__(self, in_channels: int, out_channels: int, mid_channels: int | None = None, stride=1,
+                 kernel: int = 3):
+        st, sh, sw = _triple(stride)
+        mid = mid_channels if mid_channels is not None else midplanes(in_channels, out_channels, kernel)
+        p = kernel // 2
+        super().__init__(
+            nn.Conv3d(in_channels, mid, (1, kernel, kernel), (1, sh, sw), (0, p, p), bias=False),
+            nn.BatchNorm3d(mid),
+            nn.ReLU(inplace=True),
+            nn.Conv3d(mid, out_channels, (kernel, 1, 1), (st, 1, 1), (p, 0, 0), bias=False),
+        )
+
+
+def make_conv(kind: str, in_channels: int, out_channels: int, mid_channels: int, stride) -> nn.Module:
+    """The 3x3x3-class conv of a residual block: "3d", "no_temporal" (1x3x3) or "2plus1d"."""
+    if kind == "3d":
+        return nn.Conv3d(in_channels, out_channels, 3, _triple(stride), 1, bias=False)
+    if kind == "no_temporal":
+        return nn.Conv3d(in_channels, out_channels, (1, 3, 3), _triple(stride), (0, 1, 1), bias=False)
+    if kind == "2plus1d":
+        return SpatioTemporalConv(in_channels, out_channels, mid_channels, stride)
+    raise ValueError(f"conv kind must be '3d', 'no_temporal' or '2plus1d', got {kind!r}")
+
+
+class Residual3DBlock(nn.Module):
+    """ResNet basic block; keys conv1.{0,1}, conv2.{0,1}, downsample.{0,1} as torchvision's BasicBlock."""
+
+    expansion = 1
+
+    def __init__(self, inplanes: int, planes: int, stride=1, *, conv: str = "3d", downsample_temporal: bool = True):
+        super().__init__()
+        s = _triple(stride)
+        if not downsample_temporal or conv == "no_temporal":
+            s = (1, s[1], s[2])
+        mid = midplanes(inplanes, planes)
+        self.conv1 = nn.Sequential(make_conv(conv, inplanes, planes, mid, s), nn.BatchNorm3d(planes), nn.ReLU(inplace=True))
+        self.conv2 = nn.Sequential(make_conv(conv, planes, planes, mid, 1), nn.BatchNorm3d(planes))
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = None
+        if s != (1, 1, 1) or inplanes != planes:
+            self.downsample = nn.Sequential(nn.Conv3d(inplanes, planes, 1, s, bias=False), nn.BatchNorm3d(planes))
+
+    def forward(self, x):
+        shortcut = x if self.downsample is None else self.downsample(x)
+        return self.relu(self.conv2(self.conv1(x)) + shortcut)
+
+
+class FramewiseConv2d(nn.Module):
+    """A 2D conv applied to each frame on its own: time folded into the batch, nn.Conv2d per frame."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1,
+                 padding: int = 1, bias: bool = True):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, bias=bias)
+
+    def forward(self, x):
+        n, c, t, h, w = x.shape
+        y = self.conv(x.transpose(1, 2).reshape(n * t, c, h, w))
+        return y.reshape(n, t, *y.shape[1:]).transpose(1, 2)
