@@ -21,6 +21,17 @@ _MODELS: dict[str, str] = {
 }
 
 
+# name -> canonical clip (frames, height, width) of its published recipe; SlowFast: the fast pathway's.
+CANONICAL_CLIPS: dict[str, tuple[int, int, int]] = {
+    "c3d": (16, 112, 112),
+    "r3d_18": (16, 112, 112),
+    "r3d_34": (16, 112, 112),
+    "mc3_18": (16, 112, 112),
+    "r2plus1d_18": (16, 112, 112),
+    "r2plus1d_34": (16, 112, 112),
+}
+
+
 def list_models() -> list[str]:
     """Names accepted by `create_model`, sorted."""
     return sorted(_MODELS)
