@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 from torch import nn
+from torch.nn import functional as F
 
 
 def _triple(v):
@@ -99,14 +100,19 @@ class Residual3DBlock(nn.Module):
 
 
 class FramewiseConv2d(nn.Module):
-    """A 2D conv applied to each frame on its own: time folded into the batch, nn.Conv2d per frame."""
+    """A 2D conv applied to each frame on its own: time folded into the batch, F.conv2d per frame.
+
+    The weight is kept as a (1, k, k) Conv3d so it ports like every other conv.
+    """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1,
-                 padding: int = 1, bias: bool = True):
+                 padding: int = 1, use_bias: bool = True):
         super().__init__()
-        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, bias=bias)
+        self.conv = nn.Conv3d(in_channels, out_channels, (1, kernel_size, kernel_size), (1, stride, stride),
+                              (0, padding, padding), bias=use_bias)
 
     def forward(self, x):
         n, c, t, h, w = x.shape
-        y = self.conv(x.transpose(1, 2).reshape(n * t, c, h, w))
+        frames = x.transpose(1, 2).reshape(n * t, c, h, w)
+        y = F.conv2d(frames, self.conv.weight[:, :, 0], self.conv.bias, self.conv.stride[1:], self.conv.padding[1:])
         return y.reshape(n, t, *y.shape[1:]).transpose(1, 2)
