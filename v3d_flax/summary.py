@@ -1,0 +1,159 @@
+"""Model summary: parameters, MACs and XLA FLOPs of every registered model at its canonical clip.
+
+    python -m v3d_flax.summary [--models r3d_18 c3d ...] [--no-xla] [--num-classes 400]
+
+MACs follow fvcore's convention, the one torchvision, PyTorchVideo and the X3D/SlowFast papers
+quote as "GFLOPs": every conv counts out_elements x C_in/groups x kernel volume, padded taps
+included, plus the linear layers; BN, activations and pooling are not counted. XLA's count
+(`cost_analysis()["flops"]`) is 2 FLOPs per multiply-add and skips padded taps, so it comes out a
+little under 2 x MACs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import math
+import sys
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from v3d_flax import layers
+from v3d_flax.blocks import conv_param_counts
+from v3d_flax.registry import CANONICAL_CLIPS, create_model, list_models
+
+# Published figures at 400 classes (Kinetics heads; C3D: 487 Sports-1M classes), from
+# torchvision, PyTorchVideo and the papers: (parameters, GMACs at the canonical clip or None).
+PUBLISHED: dict[str, tuple[int | float, float | None]] = {
+    "r3d_18": (33_371_472, 40.70),
+    "mc3_18": (11_695_440, 43.34),
+    "r2plus1d_18": (31_505_325, 40.52),
+    "c3d": (79_991_015, 38.55),
+}
+
+
+@dataclass
+class ModelSummary:
+    name: str
+    clip: tuple[int, int, int]
+    num_classes: int
+    params: int
+    macs: int
+    xla_flops: float | None
+
+
+def example_input(name: str, clip: tuple[int, int, int], batch: int = 1, in_channels: int = 3):
+    """A ShapeDtypeStruct (or a (slow, fast) pair for two-pathway models) for `name` at `clip`."""
+    t, h, w = clip
+    if name.startswith("slowfast"):
+        from v3d_flax.models.slowfast import ALPHA  # fast clip is canonical; slow = fast / alpha
+
+        return (jax.ShapeDtypeStruct((batch, t // ALPHA, h, w, in_channels), jnp.float32),
+                jax.ShapeDtypeStruct((batch, t, h, w, in_channels), jnp.float32))
+    return jax.ShapeDtypeStruct((batch, t, h, w, in_channels), jnp.float32)
+
+
+@contextlib.contextmanager
+def _count_macs(totals: list[int]):
+    """Patch Conv3d/Linear calls to add their fvcore MACs to totals[0] while tracing."""
+    conv_call, linear_call = layers.Conv3d.__call__, layers.Linear.__call__
+
+    def conv(self, x):
+        y = conv_call(self, x)
+        kt, kh, kw = self.kernel_size
+        totals[0] += math.prod(y.shape) * (self.in_features // self.groups) * kt * kh * kw
+        return y
+
+    def linear(self, x):
+        y = linear_call(self, x)
+        totals[0] += math.prod(y.shape) * self.in_features
+        return y
+
+    layers.Conv3d.__call__, layers.Linear.__call__ = conv, linear
+    try:
+        yield
+    finally:
+        layers.Conv3d.__call__, layers.Linear.__call__ = conv_call, linear_call
+
+
+def count_params(model: nnx.Module) -> int:
+    """Trainable parameters (BN running statistics excluded, as torchvision counts them)."""
+    return sum(math.prod(v.shape) for v in jax.tree.leaves(nnx.state(model, nnx.Param)))
+
+
+def summarize(name: str, *, num_classes: int = 400, clip: tuple[int, int, int] | None = None,
+              xla: bool = True, **model_kwargs) -> ModelSummary:
+    """Parameters, fvcore MACs (batch 1) and optionally XLA FLOPs of `name` at `clip`."""
+    clip = clip or CANONICAL_CLIPS[name]
+    if name == "c3d":
+        model_kwargs.setdefault("num_frames", clip[0])
+        model_kwargs.setdefault("crop_size", clip[1])
+    model = create_model(name, num_classes=num_classes, rngs=nnx.Rngs(0), **model_kwargs)
+    model.eval()
+    graphdef, state = nnx.split(model)
+    x = example_input(name, clip)
+
+    def forward(state, x):
+        return nnx.merge(graphdef, state)(x)
+
+    totals = [0]
+    with _count_macs(totals):
+        jax.eval_shape(forward, state, x)
+    flops = None
+    if xla:
+        cost = jax.jit(forward).lower(state, x).compile().cost_analysis()
+        cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+        flops = float(cost.get("flops", float("nan")))
+    return ModelSummary(name, clip, num_classes, count_params(model), totals[0], flops)
+
+
+def format_table(rows: list[ModelSummary]) -> str:
+    """Markdown table of the summaries, with the published figures beside ours."""
+    out = ["| model | clip (T x H x W) | params | GMACs (fvcore) | XLA GFLOPs | published params / GMACs |",
+           "|---|---|---:|---:|---:|---|"]
+    for r in rows:
+        pub = PUBLISHED.get(r.name)
+        pub_s = f"{pub[0]:,} / {pub[1] if pub[1] is not None else '-'}" if pub and r.num_classes == (487 if r.name == "c3d" else 400) else "-"
+        xla = f"{r.xla_flops / 1e9:.2f}" if r.xla_flops is not None else "-"
+        out.append(f"| {r.name} | {'x'.join(map(str, r.clip))} | {r.params:,} | {r.macs / 1e9:.2f} | {xla} | {pub_s} |")
+    return "\n".join(out)
+
+
+def conv_comparison_table(widths=(64, 128, 256, 512)) -> str:
+    """The seed's comparison: weights of one 3x3 2D (per frame), 3x3x3 3D and (2+1)D conv, C -> C."""
+    out = ["| channels | 2D 3x3 (per frame) | 3D 3x3x3 | (2+1)D 1x3x3 + 3x1x1 (mid) | 3D / 2D |",
+           "|---:|---:|---:|---:|---:|"]
+    for c in widths:
+        p = conv_param_counts(c, c)
+        from v3d_flax.blocks import midplanes
+
+        out.append(f"| {c} | {p['2d']:,} | {p['3d']:,} | {p['(2+1)d']:,} ({midplanes(c, c)}) | {p['3d'] / p['2d']:.0f}x |")
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m v3d_flax.summary", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", choices=list_models(), default=list_models(),
+                        metavar="NAME", help="models to summarise (default: all registered)")
+    parser.add_argument("--num-classes", type=int, default=None,
+                        help="classifier size (default: 400; 487 for c3d, its Sports-1M head)")
+    parser.add_argument("--no-xla", action="store_true", help="skip compiling for XLA's FLOP count (faster)")
+    args = parser.parse_args(argv)
+    rows = []
+    for name in args.models:
+        n = args.num_classes or (487 if name == "c3d" else 400)
+        rows.append(summarize(name, num_classes=n, xla=not args.no_xla))
+        print(f"  {name}: done", file=sys.stderr, flush=True)
+    print(format_table(rows))
+    print("\nMACs: fvcore convention (padded taps counted, conv + linear only). XLA FLOPs: 2 per MAC, padded taps skipped.\n")
+    print("2D vs 3D vs (2+1)D: weights of one conv, C -> C channels\n")
+    print(conv_comparison_table())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
