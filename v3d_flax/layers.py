@@ -13,6 +13,7 @@ from typing import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from v3d_flax import conv as conv_ops
@@ -178,7 +179,8 @@ def max_pool3d(x: jax.Array, kernel_size, strides=None, padding: Padding = 0) ->
     k = _triple(kernel_size)
     s = _triple(strides if strides is not None else kernel_size)
     pads = resolve_padding(padding, x.shape[1:4], k, s)
-    init = jnp.array(-jnp.inf, x.dtype)
+    # A concrete numpy init lets JAX recognise the max monoid (reduce_window_max), which has a VJP.
+    init = np.array(-np.inf, x.dtype)
     return jax.lax.reduce_window(x, init, jax.lax.max, (1, *k, 1), (1, *s, 1), ((0, 0), *pads, (0, 0)))
 
 
@@ -187,7 +189,7 @@ def avg_pool3d(x: jax.Array, kernel_size, strides=None, padding: Padding = 0) ->
     k = _triple(kernel_size)
     s = _triple(strides if strides is not None else kernel_size)
     pads = resolve_padding(padding, x.shape[1:4], k, s)
-    summed = jax.lax.reduce_window(x, jnp.array(0, x.dtype), jax.lax.add, (1, *k, 1), (1, *s, 1),
+    summed = jax.lax.reduce_window(x, np.array(0, x.dtype), jax.lax.add, (1, *k, 1), (1, *s, 1),
                                    ((0, 0), *pads, (0, 0)))
     return summed / (k[0] * k[1] * k[2])
 
