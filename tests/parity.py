@@ -7,6 +7,8 @@ gradient of a fixed loss with respect to the input, and the Flax -> torch -> Fla
 
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import dataclass, field
 
 import jax
@@ -160,6 +162,9 @@ def check_parity(name: str, input_shapes, *, num_classes: int = 10, seed: int = 
         assert torch.equal(v, exported[k]), f"round trip changed {k}"
 
     report.errors["input_grad_f64"] = input_gradient_error(tm, fm, inputs, rng.randn(inputs[0].shape[0], num_classes))
+    if os.environ.get("V3D_PARITY_REPORT"):  # a JSON line per model, for tables of measured errors
+        with open(os.environ["V3D_PARITY_REPORT"], "a") as fh:
+            fh.write(json.dumps({"model": name, "inputs": [list(s) for s in input_shapes], **report.errors}) + "\n")
     for what, err in report.errors.items():
         assert err <= (GRAD_TOL if what == "input_grad_f64" else tol), f"{name}: {what} relative error {err:.3g} > {tol:g} ({report.errors})"
     return report
