@@ -18,6 +18,7 @@ _MODELS: dict[str, str] = {
     "mc3_18": "v3d_flax.models.resnet3d:mc3_18",
     "r2plus1d_18": "v3d_flax.models.resnet3d:r2plus1d_18",
     "r2plus1d_34": "v3d_flax.models.resnet3d:r2plus1d_34",
+    "i3d": "v3d_flax.models.i3d:i3d",
 }
 
 
@@ -29,6 +30,7 @@ CANONICAL_CLIPS: dict[str, tuple[int, int, int]] = {
     "mc3_18": (16, 112, 112),
     "r2plus1d_18": (16, 112, 112),
     "r2plus1d_34": (16, 112, 112),
+    "i3d": (64, 224, 224),
 }
 
 

@@ -13,6 +13,7 @@ _MODELS: dict[str, str] = {
     "mc3_18": "v3d_torch_ref.models.resnet3d:mc3_18",
     "r2plus1d_18": "v3d_torch_ref.models.resnet3d:r2plus1d_18",
     "r2plus1d_34": "v3d_torch_ref.models.resnet3d:r2plus1d_34",
+    "i3d": "v3d_torch_ref.models.i3d:i3d",
 }
 
 
