@@ -133,6 +133,15 @@ def _flax_to_torch(value: np.ndarray, module, kind: str) -> np.ndarray:
     return value
 
 
+def _torch_shape(shape: tuple[int, ...], kind: str) -> tuple[int, ...]:
+    """The torch shape of a Flax tensor of `shape`, without moving data."""
+    if kind == "conv":
+        return tuple(shape[i] for i in CONV_TO_TORCH)
+    if kind == "linear":
+        return (shape[1], shape[0])
+    return tuple(shape)
+
+
 def _torch_to_flax(value: np.ndarray, module, kind: str) -> np.ndarray:
     if kind == "conv":
         return np.transpose(value, CONV_TO_FLAX)
@@ -195,11 +204,11 @@ def from_torch(model: nnx.Module, state_dict: Mapping[str, Any], *, source: str 
                 report.missing.append(key)
             continue
         target = getattr(module, attr)
-        value = _torch_to_flax(tensors[key], module, kind) if tensors[key].ndim else tensors[key]
-        if value.shape != target[...].shape:
-            expected = _flax_to_torch(np.asarray(target[...]), module, kind).shape
-            report.mismatched.append(f"{key} (checkpoint {tuple(tensors[key].shape)}, model {tuple(expected)})")
+        expected = _torch_shape(target[...].shape, kind)
+        if tuple(tensors[key].shape) != expected:  # checked before any reshape (C3D's fc6 permutation)
+            report.mismatched.append(f"{key} (checkpoint {tuple(tensors[key].shape)}, model {expected})")
             continue
+        value = _torch_to_flax(tensors[key], module, kind) if tensors[key].ndim else tensors[key]
         updates.append((target, value))
     known = {key for key, *_ in slots}
     report.unexpected = sorted(k for k in tensors if k not in known)
