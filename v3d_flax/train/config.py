@@ -1,0 +1,112 @@
+"""The training run's configuration: one frozen dataclass built from train.py's flags.
+
+Fields left as `None` are filled by `resolve` from the accelerator: a CPU run defaults to a small
+clip and a short schedule that finish within minutes on two cores; GPU/TPU runs default to the
+model's canonical clip (`v3d_flax.registry.CANONICAL_CLIPS`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import os
+import re
+from dataclasses import dataclass
+
+DEFAULT_DATASET = "v3d_synthetic_motion"
+
+# Defaults per accelerator kind for the fields that are None in TrainConfig.
+CPU_DEFAULTS = dict(steps=150, batch_size=16, num_frames=16, crop_size=32, lr=0.02, warmup_steps=15,
+                    log_every=10, eval_every=0)
+ACCEL_DEFAULTS = dict(steps=20_000, batch_size=64, lr=0.1, warmup_steps=1_000, log_every=50, eval_every=2_000)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Every setting of a training or evaluation run (see train.py --help for each field)."""
+
+    model: str
+    accelerator: str = "cpu"
+    dataset: str = DEFAULT_DATASET
+    data_dir: str | None = None
+    workdir: str | None = None
+    steps: int | None = None
+    batch_size: int | None = None
+    num_frames: int | None = None
+    crop_size: int | None = None
+    lr: float | None = None
+    optimizer: str = "sgd"
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    label_smoothing: float = 0.1
+    warmup_steps: int | None = None
+    grad_clip: float = 1.0
+    seed: int = 0
+    precision: str = "fp32"
+    remat: bool = False
+    grad_accum: int = 1
+    log_every: int | None = None
+    eval_every: int | None = None
+    checkpoint_every: int = 0
+    keep_checkpoints: int = 2
+    init_from: str | None = None
+    init_source: str = "v3d"
+    eval_only: bool = False
+    eval_views: tuple[int, int] = (1, 1)
+    eval_batch_size: int | None = None
+    parallel: str = "jit"
+    coordinator_address: str | None = None
+    num_processes: int | None = None
+    process_id: int | None = None
+    progress: bool = True
+
+    def replace(self, **changes) -> "TrainConfig":
+        """A copy with `changes` applied."""
+        return dataclasses.replace(self, **changes)
+
+    def to_json(self) -> dict:
+        """A JSON-serialisable dict of every field."""
+        d = dataclasses.asdict(self)
+        d["eval_views"] = list(self.eval_views)
+        return d
+
+
+def parse_views(text: str) -> tuple[int, int]:
+    """'CLIPSxCROPS' (e.g. '10x3') -> (10, 3); ValueError otherwise."""
+    m = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", text)
+    if not m or int(m.group(1)) < 1 or int(m.group(2)) < 1:
+        raise ValueError(f"expected CLIPSxCROPS with positive integers, e.g. 1x1 or 10x3, got {text!r}")
+    return int(m.group(1)), int(m.group(2))
+
+
+def resolve(config: TrainConfig) -> TrainConfig:
+    """Fill the None fields from the accelerator's defaults and the model's canonical clip; validate."""
+    from v3d_flax.registry import CANONICAL_CLIPS
+
+    defaults = dict(CPU_DEFAULTS) if config.accelerator == "cpu" else dict(ACCEL_DEFAULTS)
+    if config.accelerator != "cpu":
+        t, h, _ = CANONICAL_CLIPS.get(config.model, (16, 112, 112))
+        defaults.update(num_frames=t, crop_size=h)
+    changes = {k: v for k, v in defaults.items() if getattr(config, k) is None}
+    if config.workdir is None:
+        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+        changes["workdir"] = os.path.join("runs", f"{config.model}-{stamp}")
+    config = config.replace(**changes)
+    if config.eval_batch_size is None:
+        config = config.replace(eval_batch_size=config.batch_size // config.grad_accum)
+    checks = [
+        (config.steps >= 1 or config.eval_only, f"--steps must be >= 1, got {config.steps}"),
+        (config.batch_size >= 1, f"--batch-size must be >= 1, got {config.batch_size}"),
+        (config.grad_accum >= 1, f"--grad-accum must be >= 1, got {config.grad_accum}"),
+        (config.batch_size % config.grad_accum == 0,
+         f"--batch-size {config.batch_size} must be divisible by --grad-accum {config.grad_accum}"),
+        (config.lr > 0, f"--lr must be > 0, got {config.lr}"),
+        (0 <= config.label_smoothing < 1, f"--label-smoothing must be in [0, 1), got {config.label_smoothing}"),
+        (config.num_frames >= 1 and config.crop_size >= 1, "--num-frames and --crop-size must be >= 1"),
+        (config.log_every >= 1, f"--log-every must be >= 1, got {config.log_every}"),
+        (config.eval_every >= 0 and config.checkpoint_every >= 0, "--eval-every/--checkpoint-every must be >= 0"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ValueError(message)
+    return config

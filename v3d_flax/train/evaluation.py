@@ -1,0 +1,79 @@
+"""Validation: clip-level and video-level accuracy over CLIPS x CROPS views per video."""
+
+from __future__ import annotations
+
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from v3d_flax.train.mesh import batch_sharding, replicated, to_global
+from v3d_flax.train.steps import make_eval_step, topk_correct
+
+
+def _local_copy(x: jax.Array) -> np.ndarray:
+    """A host copy of a replicated (possibly multi-process) array."""
+    return np.asarray(x.addressable_data(0))
+
+
+def summarise(logits: np.ndarray, labels: np.ndarray, video_index: np.ndarray) -> dict:
+    """Clip-level loss/top-1/top-5 and video-level top-1/top-5 (softmax averaged over a video's views)."""
+    logits = jnp.asarray(logits, jnp.float32)
+    labels_j = jnp.asarray(labels, jnp.int32)
+    loss = -jnp.take_along_axis(jax.nn.log_softmax(logits), labels_j[:, None], axis=1).mean()
+    vids, inverse = np.unique(video_index, return_inverse=True)
+    probs = np.asarray(jax.nn.softmax(logits))
+    video_probs = np.zeros((len(vids), probs.shape[1]), np.float64)
+    np.add.at(video_probs, inverse, probs)
+    video_labels = np.zeros(len(vids), np.int32)
+    video_labels[inverse] = labels
+    vp, vl = jnp.asarray(video_probs, jnp.float32), jnp.asarray(video_labels)
+    return {"loss": float(loss), "top1": float(topk_correct(logits, labels_j, 1).mean()),
+            "top5": float(topk_correct(logits, labels_j, 5).mean()),
+            "video_top1": float(topk_correct(vp, vl, 1).mean()), "video_top5": float(topk_correct(vp, vl, 5).mean()),
+            "num_clips": int(len(labels)), "num_videos": int(len(vids))}
+
+
+class Evaluator:
+    """Runs the eval split through the jitted eval step; returns one metrics.jsonl record."""
+
+    def __init__(self, defs, config, mesh, info):
+        self.config, self.mesh, self.info = config, mesh, info
+        step = make_eval_step(defs, precision=config.precision)
+        rep, data = replicated(mesh), batch_sharding(mesh)
+
+        def eval_batch(state, batch):
+            return step(state, batch), batch["label"], batch["video_index"], batch["mask"]
+
+        self._step = jax.jit(eval_batch, in_shardings=(rep, data), out_shardings=rep)
+
+    def __call__(self, state: dict, *, step: int) -> dict:
+        from tqdm.auto import tqdm
+
+        from v3d_flax import data
+
+        c = self.config
+        clips, crops = c.eval_views
+        batches = data.eval_batches(c.dataset, data_dir=c.data_dir, batch_size=c.eval_batch_size,
+                                    num_frames=c.num_frames, crop_size=c.crop_size, model_name=c.model,
+                                    clips=clips, crops=crops, process_index=jax.process_index(),
+                                    process_count=jax.process_count())
+        show = c.progress and jax.process_index() == 0
+        logits, labels, videos = [], [], []
+        t0, n = time.perf_counter(), 0
+        for local in tqdm(batches, desc="eval", leave=False, disable=not show or None):
+            batch = to_global({k: local[k] for k in ("video", "label", "video_index", "mask")}, self.mesh)
+            out, label, video, mask = (_local_copy(a) for a in self._step(state, batch))
+            keep = mask.astype(bool)
+            logits.append(out[keep])
+            labels.append(label[keep])
+            videos.append(video[keep])
+            n += int(keep.sum())
+        if not logits:
+            raise ValueError(f"the evaluation split of {c.dataset!r} yielded no batches")
+        result = summarise(np.concatenate(logits), np.concatenate(labels), np.concatenate(videos))
+        seconds = time.perf_counter() - t0
+        return {"step": step, "split": "eval", "loss": result.pop("loss"), "top1": result.pop("top1"),
+                "top5": result.pop("top5"), "lr": None, "clips_per_sec": n / seconds if seconds > 0 else 0.0,
+                "views": f"{clips}x{crops}", **result}

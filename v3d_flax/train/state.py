@@ -1,0 +1,152 @@
+"""Model construction for training, the optimizer, and the pure training state.
+
+The model is split once into static graph definitions (one for train mode, one for eval mode) and
+a pure state: `{"params": ..., "rest": ..., "opt_state": ...}` whose leaves are plain arrays
+(`nnx.as_pure`). "rest" holds everything that is not a parameter: BatchNorm statistics and the
+dropout RNG streams, so checkpointing it checkpoints the RNG state.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from v3d_flax.layers import BatchNorm, Sequential
+from v3d_flax.registry import create_model, get_factory
+
+PMAP_AXIS = "batch"
+
+
+def build_model(name: str, *, num_classes: int, num_frames: int, crop_size: int, seed: int,
+                remat: bool = False, bn_axis_name: str | None = None) -> nnx.Module:
+    """`create_model(name)`, passing the clip size to factories that take it (C3D); optional
+    per-block rematerialisation and cross-replica BatchNorm (for pmap)."""
+    params = inspect.signature(get_factory(name)).parameters
+    kwargs = {k: v for k, v in (("num_frames", num_frames), ("crop_size", crop_size)) if k in params}
+    model = create_model(name, num_classes=num_classes, rngs=nnx.Rngs(seed), **kwargs)
+    if bn_axis_name is not None:
+        for _, module in nnx.iter_modules(model):
+            if isinstance(module, BatchNorm):
+                module.axis_name = bn_axis_name
+    if remat:
+        apply_remat(model)
+    return model
+
+
+_REMAT_CLASSES: dict[type, type] = {}
+
+
+def _remat_class(cls: type) -> type:
+    """A subclass of `cls` whose __call__ runs under `nnx.remat` (activations recomputed in backward)."""
+    if cls not in _REMAT_CLASSES:
+        call = nnx.remat(cls.__call__)
+
+        def __call__(self, *args, **kwargs):
+            return call(self, *args, **kwargs)
+
+        _REMAT_CLASSES[cls] = type(f"Remat{cls.__name__}", (cls,), {"__call__": __call__,
+                                                                   "__module__": cls.__module__})
+    return _REMAT_CLASSES[cls]
+
+
+def _has_params(module: nnx.Module) -> bool:
+    return any(True for _ in nnx.state(module, nnx.Param).flat_state())
+
+
+def remat_blocks(model: nnx.Module) -> list[nnx.Module]:
+    """The blocks `--remat` checkpoints, found without knowing the model: each child of the model
+    holding parameters; a child that is a `Sequential` of composite blocks (a ResNet stage) is
+    replaced by its blocks."""
+    blocks = []
+    for _, child in nnx.iter_children(model):
+        if not isinstance(child, nnx.Module) or not _has_params(child):
+            continue
+        if isinstance(child, Sequential) and all(
+                any(True for _ in nnx.iter_children(b)) for b in child if _has_params(b)):
+            blocks.extend(b for b in child if _has_params(b))
+        else:
+            blocks.append(child)
+    return blocks
+
+
+def apply_remat(model: nnx.Module) -> int:
+    """Rematerialise every block in place; the module tree and its state paths are unchanged (the
+    block's class is swapped for a subclass), so checkpoints are interchangeable with and without."""
+    blocks = remat_blocks(model)
+    for block in blocks:
+        block.__class__ = _remat_class(type(block))
+    return len(blocks)
+
+
+def lr_schedule(lr: float, warmup_steps: int, total_steps: int) -> optax.Schedule:
+    """Linear warmup from 0 to `lr` over `warmup_steps`, then cosine decay to 0 at `total_steps`."""
+    warmup_steps = min(warmup_steps, max(total_steps - 1, 0))
+    decay = optax.cosine_decay_schedule(lr, max(total_steps - warmup_steps, 1))
+    if warmup_steps == 0:
+        return decay
+    warm = optax.linear_schedule(0.0, lr, warmup_steps)
+    return optax.join_schedules([warm, decay], [warmup_steps])
+
+
+def decay_mask(params) -> Any:
+    """True for conv and linear kernels; False for biases and BatchNorm scale/shift (all 1-D)."""
+    return jax.tree.map(lambda p: p.ndim > 1, params)
+
+
+def build_optimizer(config, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """SGD (momentum, Nesterov) or AdamW with warmup + cosine, clipping, masked weight decay, and
+    gradient accumulation through `optax.MultiSteps` when `grad_accum > 1`."""
+    schedule = lr_schedule(config.lr, config.warmup_steps, total_steps)
+    parts = [optax.clip_by_global_norm(config.grad_clip)] if config.grad_clip > 0 else []
+    if config.optimizer == "sgd":
+        if config.weight_decay:
+            parts.append(optax.add_decayed_weights(config.weight_decay, mask=decay_mask))
+        parts.append(optax.sgd(schedule, momentum=config.momentum, nesterov=True))
+    elif config.optimizer == "adamw":
+        parts.append(optax.adamw(schedule, weight_decay=config.weight_decay, mask=decay_mask))
+    else:
+        raise ValueError(f"optimizer must be 'sgd' or 'adamw', got {config.optimizer!r}")
+    tx = optax.chain(*parts)
+    if config.grad_accum > 1:
+        tx = optax.MultiSteps(tx, every_k_schedule=config.grad_accum)
+    return tx, schedule
+
+
+@dataclass(frozen=True)
+class ModelDefs:
+    """The static halves of the split model: train-mode and eval-mode graph definitions."""
+
+    train: nnx.GraphDef
+    eval: nnx.GraphDef
+
+
+def split_model(model: nnx.Module) -> tuple[ModelDefs, dict]:
+    """(graph definitions, {"params", "rest"}) with pure array leaves."""
+    model.eval()
+    eval_def, _, _ = nnx.split(model, nnx.Param, ...)
+    model.train()
+    train_def, params, rest = nnx.split(model, nnx.Param, ...)
+    return ModelDefs(train_def, eval_def), {"params": nnx.as_pure(params), "rest": nnx.as_pure(rest)}
+
+
+def init_state(model_state: dict, tx: optax.GradientTransformation) -> dict:
+    """The full training state: parameters, other model state and optimizer state."""
+    return {"params": model_state["params"], "rest": model_state["rest"],
+            "opt_state": tx.init(model_state["params"])}
+
+
+def count_params(params) -> int:
+    """Number of scalars in a parameter tree."""
+    return sum(math.prod(p.shape) for p in jax.tree.leaves(params))
+
+
+def is_key(x) -> bool:
+    """Whether `x` is a typed PRNG key array (or its abstract shape)."""
+    return hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jax.dtypes.prng_key)

@@ -1,0 +1,101 @@
+"""Pure training and evaluation steps, compiled for the sharded (jit) or the pmap path.
+
+`train_step(state, batch) -> (state, metrics)` merges the train-mode graph definition with the
+pure state, runs forward and backward, applies the optimizer and returns the new pure state. Under
+`jax.jit` with a batch-sharded input and replicated state, XLA inserts the gradient and BatchNorm
+reductions; under `jax.pmap` they are explicit (`pmean` over `axis_name`).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from v3d_flax.train.mesh import batch_sharding, replicated
+
+COMPUTE_DTYPES = {"fp32": jnp.float32, "bf16": jnp.bfloat16}
+
+
+def topk_correct(logits: jax.Array, labels: jax.Array, k: int) -> jax.Array:
+    """Per-example 1.0 where `labels` is among the `k` largest logits (k capped at the class count)."""
+    k = min(k, logits.shape[-1])
+    _, idx = jax.lax.top_k(logits, k)
+    return jnp.any(idx == labels[:, None], axis=-1).astype(jnp.float32)
+
+
+def make_train_step(defs, tx: optax.GradientTransformation, schedule: optax.Schedule, *, num_classes: int,
+                    label_smoothing: float, precision: str, grad_accum: int = 1,
+                    axis_name: str | None = None) -> Callable:
+    """The un-compiled pure training step (see the module docstring)."""
+    dtype = COMPUTE_DTYPES[precision]
+
+    def train_step(state: dict, batch: dict):
+        x = batch["video"].astype(dtype)
+        labels = batch["label"]
+        targets = optax.smooth_labels(jax.nn.one_hot(labels, num_classes), label_smoothing)
+
+        def loss_fn(params):
+            model = nnx.merge(defs.train, params, state["rest"])
+            logits = model(x).astype(jnp.float32)
+            loss = optax.softmax_cross_entropy(logits, targets).mean()
+            return loss, (logits, nnx.as_pure(nnx.state(model, nnx.Not(nnx.Param))))
+
+        (loss, (logits, rest)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+        top1 = topk_correct(logits, labels, 1).mean()
+        top5 = topk_correct(logits, labels, 5).mean()
+        if axis_name is not None:
+            grads, loss, top1, top5 = jax.lax.pmean((grads, loss, top1, top5), axis_name)
+        updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+        params = optax.apply_updates(state["params"], updates)
+        opt_step = _optimizer_count(state["opt_state"], grad_accum)  # the update this step applies
+        metrics = {"loss": loss, "top1": top1, "top5": top5, "grad_norm": optax.global_norm(grads),
+                   "lr": schedule(opt_step)}
+        return {"params": params, "rest": rest, "opt_state": opt_state}, metrics
+
+    return train_step
+
+
+def _optimizer_count(opt_state, grad_accum: int) -> jax.Array:
+    """Completed optimizer updates, read from the optimizer state (MultiSteps counts its own)."""
+    if grad_accum > 1:
+        return opt_state.gradient_step
+    has_count = lambda s: isinstance(getattr(s, "count", None), jax.Array)  # noqa: E731 (not tuple.count)
+    counts = [s.count for s in jax.tree.leaves(opt_state, is_leaf=has_count) if has_count(s)]
+    return counts[0] if counts else jnp.zeros((), jnp.int32)
+
+
+def make_eval_step(defs, *, precision: str) -> Callable:
+    """The un-compiled pure evaluation step: float32 logits of a batch in eval mode."""
+    dtype = COMPUTE_DTYPES[precision]
+
+    def eval_step(state: dict, batch: dict) -> jax.Array:
+        model = nnx.merge(defs.eval, state["params"], state["rest"])
+        return model(batch["video"].astype(dtype)).astype(jnp.float32)
+
+    return eval_step
+
+
+def jit_train_step(step: Callable, mesh) -> Callable:
+    """`step` under jax.jit: state replicated and donated, batch sharded over the mesh."""
+    rep, data = replicated(mesh), batch_sharding(mesh)
+    return jax.jit(step, in_shardings=(rep, data), out_shardings=(rep, rep), donate_argnums=(0,))
+
+
+def jit_eval_step(step: Callable, mesh) -> Callable:
+    """`step` under jax.jit; logits come back replicated (every process sees the whole batch)."""
+    rep, data = replicated(mesh), batch_sharding(mesh)
+    return jax.jit(step, in_shardings=(rep, data), out_shardings=rep)
+
+
+def pmap_train_step(step: Callable, axis_name: str) -> Callable:
+    """`step` under jax.pmap over the local devices, state donated."""
+    return jax.pmap(step, axis_name=axis_name, donate_argnums=(0,))
+
+
+def pmap_eval_step(step: Callable, axis_name: str) -> Callable:
+    """`step` under jax.pmap; logits stay per device."""
+    return jax.pmap(step, axis_name=axis_name)
