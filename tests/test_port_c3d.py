@@ -37,13 +37,13 @@ def sports1m_file(tmp_path_factory):
 
 
 def test_sports1m_keys_map_onto_default_c3d():
-    model = v3d_flax.create_model("c3d", num_classes=487, rngs=nnx.Rngs(0))
+    model = nnx.eval_shape(lambda: v3d_flax.create_model("c3d", num_classes=487, rngs=nnx.Rngs(0)))
     assert port.rename_keys(SPORTS1M_KEYS, "c3d-sports1m", "c3d") == port.torch_shapes(model)
     # 487 Sports-1M classes and the 16x112x112 clip are the factories' defaults in both frameworks.
     from v3d_flax.models.c3d import c3d
     from v3d_torch_ref.models.c3d import c3d as torch_c3d
 
-    assert c3d(rngs=nnx.Rngs(0)).fc8.out_features == 487
+    assert nnx.eval_shape(lambda: c3d(rngs=nnx.Rngs(0))).fc8.out_features == 487
     assert {k: tuple(v.shape) for k, v in torch_c3d().state_dict().items()} == SPORTS1M_KEYS
 
 
@@ -80,8 +80,8 @@ def test_sports1m_fc6_columns_are_permuted(sports1m_file):
 def test_sports1m_errors(sports1m_file):
     _, state = sports1m_file
     with pytest.raises(ValueError, match="no key map for model 'r3d_18'"):
-        port.from_torch(v3d_flax.create_model("r3d_18", num_classes=487, rngs=nnx.Rngs(0)), state,
+        port.from_torch(nnx.eval_shape(lambda: v3d_flax.create_model("r3d_18", num_classes=487, rngs=nnx.Rngs(0))), state,
                         source="c3d-sports1m")
-    bigger = v3d_flax.create_model("c3d", num_classes=487, crop_size=128, rngs=nnx.Rngs(0))
+    bigger = nnx.eval_shape(lambda: v3d_flax.create_model("c3d", num_classes=487, crop_size=128, rngs=nnx.Rngs(0)))
     with pytest.raises(port.PortError, match=r"fc6\.weight \(checkpoint \(4096, 8192\), model \(4096, 12800\)\)"):
         port.from_torch(bigger, state, source="c3d-sports1m")

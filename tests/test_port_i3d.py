@@ -18,7 +18,7 @@ MANIFEST = "piergiaj-pytorch-i3d/InceptionI3d(400,in_channels=3)"
 
 @pytest.fixture(scope="module")
 def flax_i3d():
-    return v3d_flax.create_model("i3d", num_classes=400, rngs=nnx.Rngs(0))
+    return nnx.eval_shape(lambda: v3d_flax.create_model("i3d", num_classes=400, rngs=nnx.Rngs(0)))
 
 
 def _eval_outputs(tm, fm, x):
@@ -43,7 +43,7 @@ def test_pytorch_i3d_flow_manifest(manifests):
     # The flow checkpoints differ only in the first conv's 2 input channels (x, y displacement).
     theirs = {k: tuple(v) for k, v in manifests[MANIFEST].items()}
     theirs["Conv3d_1a_7x7.conv3d.weight"] = (64, 2, 7, 7, 7)
-    flow = v3d_flax.create_model("i3d", num_classes=400, in_channels=2, rngs=nnx.Rngs(0))
+    flow = nnx.eval_shape(lambda: v3d_flax.create_model("i3d", num_classes=400, in_channels=2, rngs=nnx.Rngs(0)))
     assert port.rename_keys(theirs, "pytorch-i3d", "i3d") == port.torch_shapes(flow)
 
 
@@ -194,6 +194,7 @@ def test_tf_checkpoint_errors(tf_checkpoint):
     report = port.from_tf_checkpoint(fm, rgb_only, strict=False)
     assert report.missing == ["Mixed_4d.b2a.bn.running_mean"] and len(report.unexpected) == 1
     with pytest.raises(ValueError, match="I3D"):
-        port.from_tf_checkpoint(v3d_flax.create_model("r3d_18", num_classes=4, rngs=nnx.Rngs(0)), rgb_only)
+        port.from_tf_checkpoint(nnx.eval_shape(lambda: v3d_flax.create_model("r3d_18", num_classes=4, rngs=nnx.Rngs(0))),
+                                rgb_only)
     with pytest.raises(ValueError, match="not a DeepMind I3D checkpoint"):
         port.from_tf_checkpoint(fm, {"global_step": np.int64(1)})

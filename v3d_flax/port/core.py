@@ -179,9 +179,9 @@ def rename_keys(state_dict: Mapping[str, Any], source: str, arch: str | None) ->
 
 
 def torch_shapes(model: nnx.Module) -> dict[str, tuple[int, ...]]:
-    """The state_dict keys and shapes the PyTorch twin of `model` has."""
-    return {key: tuple(_flax_to_torch(np.asarray(getattr(m, attr)[...]), m, kind).shape)
-            for key, m, attr, kind in _param_slots(model)}
+    """The state_dict keys and shapes the PyTorch twin of `model` has (abstract models from
+    `nnx.eval_shape` work too: no weights are read)."""
+    return {key: _torch_shape(getattr(m, attr).get_value().shape, kind) for key, m, attr, kind in _param_slots(model)}
 
 
 def from_torch(model: nnx.Module, state_dict: Mapping[str, Any], *, source: str = "v3d",
@@ -204,7 +204,7 @@ def from_torch(model: nnx.Module, state_dict: Mapping[str, Any], *, source: str 
                 report.missing.append(key)
             continue
         target = getattr(module, attr)
-        expected = _torch_shape(target[...].shape, kind)
+        expected = _torch_shape(target.get_value().shape, kind)
         if tuple(tensors[key].shape) != expected:  # checked before any reshape (C3D's fc6 permutation)
             report.mismatched.append(f"{key} (checkpoint {tuple(tensors[key].shape)}, model {expected})")
             continue
