@@ -158,13 +158,48 @@ def tf_checkpoint(tmp_path_factory):
     return saved, rgb, flow, variables
 
 
+def _deepmind_forward(variables: dict, scope: str, x: np.ndarray) -> np.ndarray:
+    """DeepMind's I3D graph written with TensorFlow ops on the checkpoint's variables (eval mode)."""
+    import tensorflow as tf
+
+    def unit(name, net, stride=1):
+        p = f"{scope}/inception_i3d/{name}/"
+        net = tf.nn.conv3d(net, variables[p + "conv_3d/w"], (1, stride, stride, stride, 1), "SAME")
+        if p + "conv_3d/b" in variables:
+            return net + variables[p + "conv_3d/b"]
+        bn = {k: variables[p + "batch_norm/" + k].reshape(-1) for k in ("beta", "moving_mean", "moving_variance")}
+        return tf.nn.relu((net - bn["moving_mean"]) / np.sqrt(bn["moving_variance"] + 1e-3) + bn["beta"])
+
+    def pool(net, k, s):
+        return tf.nn.max_pool3d(net, (1, *k, 1), (1, *s, 1), "SAME")
+
+    def mixed(name, net):
+        b2b = "Branch_2/Conv3d_0a_3x3" if name == "Mixed_5b" else "Branch_2/Conv3d_0b_3x3"
+        return tf.concat([unit(f"{name}/Branch_0/Conv3d_0a_1x1", net),
+                          unit(f"{name}/Branch_1/Conv3d_0b_3x3", unit(f"{name}/Branch_1/Conv3d_0a_1x1", net)),
+                          unit(f"{name}/{b2b}", unit(f"{name}/Branch_2/Conv3d_0a_1x1", net)),
+                          unit(f"{name}/Branch_3/Conv3d_0b_1x1", pool(net, (3, 3, 3), (1, 1, 1)))], axis=4)
+
+    net = pool(unit("Conv3d_1a_7x7", tf.constant(x), 2), (1, 3, 3), (1, 2, 2))
+    net = pool(unit("Conv3d_2c_3x3", unit("Conv3d_2b_1x1", net)), (1, 3, 3), (1, 2, 2))
+    net = pool(mixed("Mixed_3c", mixed("Mixed_3b", net)), (3, 3, 3), (2, 2, 2))
+    for name in ("Mixed_4b", "Mixed_4c", "Mixed_4d", "Mixed_4e", "Mixed_4f"):
+        net = mixed(name, net)
+    net = mixed("Mixed_5c", mixed("Mixed_5b", pool(net, (2, 2, 2), (2, 2, 2))))
+    window = (min(2, net.shape[1]), min(7, net.shape[2]), min(7, net.shape[3]))  # (2, 7, 7) at 224 crops
+    net = tf.nn.avg_pool3d(net, (1, *window, 1), (1, 1, 1, 1, 1), "VALID")
+    return tf.reduce_mean(unit("Logits/Conv3d_0c_1x1", net), axis=(1, 2, 3)).numpy()
+
+
 def test_tf_checkpoint_rgb_and_flow(tf_checkpoint):
-    path, rgb, flow, _ = tf_checkpoint
+    path, rgb, flow, variables = tf_checkpoint
     x = np.random.RandomState(3).randn(1, 3, 10, 40, 40).astype(np.float32)
     fm = v3d_flax.create_model("i3d", num_classes=400, rngs=nnx.Rngs(0))
     assert not port.from_tf_checkpoint(fm, path, scope="RGB")
     ref, got = _eval_outputs(rgb, fm, x)
     assert rel_err(ref, got) < 1e-4
+    # ... and equals TensorFlow running DeepMind's graph on the same variables.
+    assert rel_err(_deepmind_forward(variables, "RGB", ncdhw_to_ndhwc(x)), got) < 1e-4
     # BN scale (absent in TF) is exactly 1 and the kernels arrived untransposed (already DHWIO).
     assert np.all(np.asarray(fm.Mixed_4c.b1b.bn.scale[...]) == 1.0)
     np.testing.assert_array_equal(np.asarray(fm.Mixed_5b.b2b.conv3d.kernel[...]),
