@@ -143,8 +143,12 @@ def _train(config, defs, tx, schedule, state, start_step, window, mesh, info, ck
     pmap = config.parallel == "pmap"
     if pmap:
         train_step = pmap_train_step(step_fn, PMAP_AXIS)
-        local = list(mesh.devices.flat)
-        state = jax.device_put_replicated(jax.device_get(state), local)
+        n = mesh.devices.size
+        # One copy per local device along a new leading axis, laid out as pmap expects its inputs.
+        from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+        stacked = NamedSharding(Mesh(mesh.devices, (PMAP_AXIS,)), PartitionSpec(PMAP_AXIS))
+        state = jax.device_put(jax.tree.map(lambda x: jax.numpy.broadcast_to(x, (n, *x.shape)), state), stacked)
     else:
         train_step = jit_train_step(step_fn, mesh)
     micro_batch = config.batch_size // config.grad_accum
@@ -157,7 +161,9 @@ def _train(config, defs, tx, schedule, state, start_step, window, mesh, info, ck
     def host_state():
         if not pmap:
             return state
-        return jax.device_put(jax.tree.map(lambda x: x[0], state), replicated(mesh))
+        # Device 0's copy, read from its shard: indexing x[0] would be a cross-device gather.
+        first = jax.tree.map(lambda x: x.addressable_shards[0].data.reshape(x.shape[1:]), state)
+        return jax.device_put(first, replicated(mesh))
 
     preemption = _Preemption()
     preemption.install()
