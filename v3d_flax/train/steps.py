@@ -21,10 +21,14 @@ COMPUTE_DTYPES = {"fp32": jnp.float32, "bf16": jnp.bfloat16}
 
 
 def topk_correct(logits: jax.Array, labels: jax.Array, k: int) -> jax.Array:
-    """Per-example 1.0 where `labels` is among the `k` largest logits (k capped at the class count)."""
-    k = min(k, logits.shape[-1])
-    _, idx = jax.lax.top_k(logits, k)
-    return jnp.any(idx == labels[:, None], axis=-1).astype(jnp.float32)
+    """Per-example 1.0 where fewer than `k` classes score above the label's logit (top-k hit).
+
+    Written as a comparison and a sum rather than `lax.top_k`, which the SPMD partitioner cannot
+    split over the batch and would all-gather the logits for.
+    """
+    label_logit = jnp.take_along_axis(logits, labels[:, None].astype(jnp.int32), axis=-1)
+    rank = jnp.sum(logits > label_logit, axis=-1)
+    return (rank < k).astype(jnp.float32)
 
 
 def make_train_step(defs, tx: optax.GradientTransformation, schedule: optax.Schedule, *, num_classes: int,
