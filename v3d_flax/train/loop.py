@@ -27,7 +27,7 @@ from v3d_flax.train.state import (PMAP_AXIS, build_model, build_optimizer, count
                                   split_model)
 from v3d_flax.train.steps import (jit_train_step, make_train_step, pmap_train_step)
 
-METRIC_KEYS = ("loss", "top1", "top5", "grad_norm", "lr")
+METRIC_KEYS = ("loss", "top1", "top5", "grad_norm", "lr")  # logged per window
 
 
 class TrainingDiverged(RuntimeError):
@@ -178,9 +178,10 @@ def _train(config, defs, tx, schedule, state, start_step, window, mesh, info, ck
         nonlocal pending
         for k, m in pending:
             m = {key: float(np.asarray(v if not pmap else v[0])) for key, v in jax.device_get(m).items()}
-            if not np.isfinite(m["loss"]):
+            if not (np.isfinite(m["loss"]) and np.isfinite(m["update_norm"])):
+                what = f"the loss became {m['loss']}" if not np.isfinite(m["loss"]) else "the update became non-finite"
                 raise TrainingDiverged(
-                    f"the loss became {m['loss']} at step {k}; stopping. The last good checkpoint "
+                    f"{what} at step {k}; stopping. The last good checkpoint "
                     f"({'step ' + str(last_good) if last_good is not None else 'none'}) is kept in {ckpt.dir}; "
                     f"lower --lr, raise --warmup-steps or use --precision fp32")
             window.append(m)

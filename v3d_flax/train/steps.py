@@ -57,7 +57,7 @@ def make_train_step(defs, tx: optax.GradientTransformation, schedule: optax.Sche
         params = optax.apply_updates(state["params"], updates)
         opt_step = _optimizer_count(state["opt_state"], grad_accum)  # the update this step applies
         metrics = {"loss": loss, "top1": top1, "top5": top5, "grad_norm": optax.global_norm(grads),
-                   "lr": schedule(opt_step)}
+                   "update_norm": optax.global_norm(updates), "lr": schedule(opt_step)}
         return {"params": params, "rest": rest, "opt_state": opt_state}, metrics
 
     return train_step

@@ -1,0 +1,71 @@
+"""Helpers for the training tests: launch train.py in a subprocess, read its metrics."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+TRAIN = str(REPO / "train.py")
+
+# A tiny but real run: R3D-18 on 4x16x16 clips of the embedded dataset.
+TINY = ["--model", "r3d_18", "--num-frames", "4", "--crop-size", "16", "--batch-size", "8",
+        "--eval-batch-size", "16", "--log-every", "1", "--lr", "0.05", "--warmup-steps", "2", "--no-progress"]
+
+
+def env(devices: int = 1, **extra) -> dict:
+    """The subprocess environment: `devices` CPU devices, quiet TensorFlow."""
+    e = dict(os.environ)
+    e.update(JAX_NUM_CPU_DEVICES=str(devices), TF_CPP_MIN_LOG_LEVEL="3", JAX_PLATFORMS="cpu")
+    e.update({k: str(v) for k, v in extra.items()})
+    return e
+
+
+def start(args: list[str], devices: int = 1, **popen) -> subprocess.Popen:
+    """Start `python train.py args` without waiting."""
+    return subprocess.Popen([sys.executable, TRAIN, *args], env=env(devices), cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
+
+
+def train(args: list[str], devices: int = 1, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run `python train.py args` to completion."""
+    return subprocess.run([sys.executable, TRAIN, *args], env=env(devices), cwd=REPO, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def metrics(workdir) -> list[dict]:
+    """The records of <workdir>/metrics.jsonl."""
+    path = Path(workdir) / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def train_losses(workdir) -> dict[int, float]:
+    """step -> logged training loss."""
+    return {r["step"]: r["loss"] for r in metrics(workdir) if r["split"] == "train"}
+
+
+def wait_for(predicate, proc: subprocess.Popen, timeout: float = 300) -> None:
+    """Poll until `predicate()` holds; fail if the process ends first."""
+    deadline = time.time() + timeout
+    while not predicate():
+        if proc.poll() is not None:
+            out, err = proc.communicate()
+            raise AssertionError(f"train.py ended early (rc {proc.returncode}):\n{err[-3000:]}")
+        if time.time() > deadline:
+            proc.kill()
+            raise AssertionError("timed out waiting for train.py")
+        time.sleep(0.05)
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
