@@ -67,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     cpu, acc = CPU_DEFAULTS, ACCEL_DEFAULTS
     p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog="train.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Defaults marked 'cpu: A, gpu/tpu: B' depend on --accelerator; gpu/tpu runs use the "
                "model's canonical clip (16x112x112 for C3D and the ResNets). Exit status: 0 on success "
                "(also after a SIGTERM, which saves a checkpoint first), 1 on a run-time error (no such "

@@ -57,7 +57,11 @@ def _remat_class(cls: type) -> type:
 
 
 def _has_params(module: nnx.Module) -> bool:
-    return any(True for _ in nnx.state(module, nnx.Param).flat_state())
+    return len(nnx.to_flat_state(nnx.state(module, nnx.Param))) > 0
+
+
+def _is_composite(module: nnx.Module) -> bool:
+    return any(isinstance(c, nnx.Module) for _, c in nnx.iter_children(module))
 
 
 def remat_blocks(model: nnx.Module) -> list[nnx.Module]:
@@ -68,8 +72,7 @@ def remat_blocks(model: nnx.Module) -> list[nnx.Module]:
     for _, child in nnx.iter_children(model):
         if not isinstance(child, nnx.Module) or not _has_params(child):
             continue
-        if isinstance(child, Sequential) and all(
-                any(True for _ in nnx.iter_children(b)) for b in child if _has_params(b)):
+        if isinstance(child, Sequential) and all(_is_composite(b) for b in child if _has_params(b)):
             blocks.extend(b for b in child if _has_params(b))
         else:
             blocks.append(child)

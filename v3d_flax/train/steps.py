@@ -56,8 +56,8 @@ def make_train_step(defs, tx: optax.GradientTransformation, schedule: optax.Sche
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
         opt_step = _optimizer_count(state["opt_state"], grad_accum)  # the update this step applies
-        metrics = {"loss": loss, "top1": top1, "top5": top5, "grad_norm": optax.global_norm(grads),
-                   "update_norm": optax.global_norm(updates), "lr": schedule(opt_step)}
+        metrics = {"loss": loss, "top1": top1, "top5": top5, "grad_norm": optax.tree.norm(grads),
+                   "update_norm": optax.tree.norm(updates), "lr": schedule(opt_step)}
         return {"params": params, "rest": rest, "opt_state": opt_state}, metrics
 
     return train_step

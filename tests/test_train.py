@@ -1,0 +1,219 @@
+"""train.py and v3d_flax.train: flags, an end-to-end tiny run, divergence, and the step's pieces."""
+
+import json
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from trainrun import TINY, metrics, train
+from v3d_flax.train import TrainConfig, TrainingDiverged, resolve, run
+from v3d_flax.train.checkpointing import Checkpointer
+from v3d_flax.train.state import (apply_remat, build_model, build_optimizer, decay_mask, init_state,
+                                  lr_schedule, remat_blocks, split_model)
+from v3d_flax.train.steps import make_train_step, topk_correct
+
+
+def _cli(argv):
+    import importlib.util
+
+    from trainrun import TRAIN
+
+    spec = importlib.util.spec_from_file_location("train_cli", TRAIN)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main(argv)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--model", "nope"], "argument --model: invalid choice: 'nope'"),
+    (["--model", "c3d", "--accelerator", "ipu"], "argument --accelerator: invalid choice"),
+    (["--model", "c3d", "--batch-size", "0"], "argument --batch-size: expected a positive int"),
+    (["--model", "c3d", "--lr", "-1"], "argument --lr: expected a positive float"),
+    (["--model", "c3d", "--optimizer", "lamb"], "argument --optimizer: invalid choice"),
+    (["--model", "c3d", "--precision", "fp16"], "argument --precision: invalid choice"),
+    (["--model", "c3d", "--label-smoothing", "1.5"], "argument --label-smoothing: expected a number in [0, 1)"),
+    (["--model", "c3d", "--eval-views", "10"], "argument --eval-views: expected CLIPSxCROPS"),
+    (["--model", "c3d", "--batch-size", "6", "--grad-accum", "4"], "must be divisible by --grad-accum 4"),
+    (["--model", "c3d", "--eval-only"], "--eval-only needs --workdir"),
+    (["--steps", "3"], "the following arguments are required: --model"),
+])
+def test_bad_flags_exit_2_with_argparse_message(argv, message, capsys):
+    with pytest.raises(SystemExit) as exc:
+        _cli(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "usage: train.py" in err and message in err
+
+
+def test_help_explains_every_flag(capsys):
+    with pytest.raises(SystemExit) as exc:
+        _cli(["--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    flags = ["--model", "--accelerator", "--dataset", "--data-dir", "--workdir", "--steps", "--batch-size",
+             "--num-frames", "--crop-size", "--lr", "--optimizer", "--weight-decay", "--label-smoothing",
+             "--warmup-steps", "--seed", "--precision", "--remat", "--grad-accum", "--log-every", "--eval-every",
+             "--checkpoint-every", "--init-from", "--eval-only", "--eval-views", "--parallel",
+             "--coordinator-address", "--num-processes", "--process-id"]
+    for flag in flags:
+        assert flag in out
+    assert out.count("  --") >= len(flags)
+
+
+def test_missing_accelerator_is_one_line_naming_the_devices(tmp_path):
+    result = train(["--model", "r3d_18", "--accelerator", "gpu", "--workdir", str(tmp_path / "w")])
+    assert result.returncode == 1
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert "--accelerator gpu" in lines[0] and "devices found: cpu" in lines[0]
+    assert not (tmp_path / "w").exists()
+
+
+def _tiny_config(workdir, **kw):
+    base = dict(model="r3d_18", workdir=str(workdir), num_frames=4, crop_size=16, batch_size=8,
+                eval_batch_size=16, log_every=2, lr=0.05, warmup_steps=2, progress=False)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_end_to_end_tiny_run_learns_and_writes_every_output(tmp_path):
+    result = run(_tiny_config(tmp_path, steps=24, log_every=4, eval_every=12))
+    records = metrics(tmp_path)
+    train_rows = [r for r in records if r["split"] == "train"]
+    eval_rows = [r for r in records if r["split"] == "eval"]
+    assert [r["step"] for r in train_rows] == [4, 8, 12, 16, 20, 24]
+    assert [r["step"] for r in eval_rows] == [12, 24]
+    for r in train_rows:
+        assert {"step", "split", "loss", "top1", "top5", "lr", "clips_per_sec"} <= set(r)
+        assert all(isinstance(r[k], float) and math.isfinite(r[k]) for k in ("loss", "top1", "top5", "lr"))
+    assert all(r["clips_per_sec"] > 0 for r in train_rows[1:])
+    for r in eval_rows:
+        assert {"step", "split", "loss", "top1", "top5", "clips_per_sec", "views", "video_top1"} <= set(r)
+        assert r["views"] == "1x1"
+    assert train_rows[-1]["loss"] < train_rows[0]["loss"]
+    assert result["top1"] == eval_rows[-1]["top1"]
+    assert (tmp_path / "curves.png").stat().st_size > 1000
+    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+    assert json.loads((tmp_path / "run.json").read_text())["model"] == "r3d_18"
+    assert sorted(p.name for p in (tmp_path / "best").iterdir()) in (["12"], ["24"])
+
+    # --eval-only on the finished workdir reproduces the last evaluation; other views are logged as such.
+    again = run(_tiny_config(tmp_path, steps=24, eval_only=True))
+    assert again["top1"] == pytest.approx(eval_rows[-1]["top1"])
+    views = run(_tiny_config(tmp_path, steps=24, eval_only=True, eval_views=(2, 1)))
+    assert views["views"] == "2x1" and views["num_clips"] == 2 * views["num_videos"]
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    config = _tiny_config(tmp_path, steps=6, log_every=1, checkpoint_every=1, lr=1e30, warmup_steps=1,
+                          grad_clip=0.0, label_smoothing=0.0)
+    with pytest.raises(TrainingDiverged, match="at step .*last good checkpoint"):
+        run(config)
+    ckpt = Checkpointer(str(tmp_path))
+    steps = ckpt.latest.all_steps()
+    ckpt.close()
+    assert steps and max(steps) < 6
+    # The kept checkpoints are finite.
+    rows = [r for r in metrics(tmp_path) if r["split"] == "train"]
+    assert all(isinstance(r["loss"], float) and math.isfinite(r["loss"]) for r in rows)
+
+
+def test_lr_schedule_warmup_then_cosine_to_zero():
+    s = lr_schedule(0.1, 10, 100)
+    assert float(s(0)) == 0.0 and float(s(5)) == pytest.approx(0.05)
+    assert float(s(10)) == pytest.approx(0.1)
+    assert float(s(55)) == pytest.approx(0.05, rel=1e-5)
+    assert float(s(100)) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_weight_decay_skips_batchnorm_and_biases():
+    model = build_model("r3d_18", num_classes=3, num_frames=4, crop_size=16, seed=0)
+    _, state = split_model(model)
+    mask = decay_mask(state["params"])
+    flat = {"/".join(map(str, k)): v for k, v in nnx.to_flat_state(mask)}
+    assert flat["stem/0/kernel"] and flat["fc/kernel"]
+    assert not flat["stem/1/scale"] and not flat["stem/1/bias"] and not flat["fc/bias"]
+    assert not flat["layer1/0/conv1/1/scale"]
+
+
+def _one_step(model_name, precision="fp32", remat=False, **build):
+    model = build_model(model_name, num_classes=5, num_frames=build.get("t", 4), crop_size=build.get("s", 16),
+                        seed=0, remat=remat)
+    defs, mstate = split_model(model)
+    config = resolve(TrainConfig(model=model_name, workdir="-", lr=0.1, steps=10, warmup_steps=0))
+    tx, schedule = build_optimizer(config, 10)
+    state = init_state(mstate, tx)
+    step = jax.jit(make_train_step(defs, tx, schedule, num_classes=5, label_smoothing=0.1, precision=precision))
+    rng = np.random.default_rng(0)
+    batch = {"video": rng.normal(size=(4, build.get("t", 4), build.get("s", 16), build.get("s", 16), 3)).astype(np.float32),
+             "label": np.array([0, 1, 2, 3], np.int32)}
+    return step(state, batch), state
+
+
+def test_remat_changes_nothing_but_memory():
+    model = build_model("r3d_18", num_classes=5, num_frames=4, crop_size=16, seed=0)
+    assert len(remat_blocks(model)) == 1 + 8 + 1  # stem, 8 residual blocks, fc
+    plain_paths = [p for p, _ in nnx.to_flat_state(nnx.state(model))]
+    apply_remat(model)
+    assert [p for p, _ in nnx.to_flat_state(nnx.state(model))] == plain_paths
+    (s1, m1), _ = _one_step("r3d_18")
+    (s2, m2), _ = _one_step("r3d_18", remat=True)
+    np.testing.assert_allclose(float(m1["loss"]), float(m2["loss"]), rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(s1["params"]), jax.tree.leaves(s2["params"])):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
+
+
+def test_bf16_computes_in_bfloat16_keeps_float32_state():
+    (state, m), _ = _one_step("r3d_18", precision="bf16")
+    assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(state["params"]))
+    stats = [x for x in jax.tree.leaves(state["rest"]) if jnp.issubdtype(x.dtype, jnp.floating)]
+    assert stats and all(x.dtype == jnp.float32 for x in stats)
+    assert math.isfinite(float(m["loss"]))
+    (_, m32), _ = _one_step("r3d_18")
+    assert float(m["loss"]) != float(m32["loss"])  # really computed at another precision
+    assert float(m["loss"]) == pytest.approx(float(m32["loss"]), rel=5e-2)
+
+
+def test_dropout_rng_state_advances_and_is_part_of_the_state():
+    model = build_model("c3d", num_classes=5, num_frames=16, crop_size=16, seed=0)
+    _, mstate = split_model(model)
+    keys = [x for x in jax.tree.leaves(mstate["rest"]) if jnp.issubdtype(x.dtype, jax.dtypes.prng_key)]
+    assert keys, "C3D's dropout stream must live in the checkpointed state"
+
+
+def test_topk_correct_counts_ties_and_small_class_counts():
+    logits = jnp.array([[0.1, 0.9, 0.0], [0.5, 0.2, 0.3]])
+    labels = jnp.array([1, 1])
+    assert topk_correct(logits, labels, 1).tolist() == [1.0, 0.0]
+    assert topk_correct(logits, labels, 5).tolist() == [1.0, 1.0]  # k above the class count
+
+
+def test_grad_accum_matches_the_big_batch_for_a_model_without_batchnorm(tmp_path):
+    # C3D has no BatchNorm; with dropout off, two micro-batches of 2 average to the batch of 4.
+    def updated(grad_accum):
+        model = build_model("c3d", num_classes=3, num_frames=16, crop_size=16, seed=0)
+        model.dropout.rate = 0.0
+        defs, mstate = split_model(model)
+        config = resolve(TrainConfig(model="c3d", workdir="-", lr=0.1, steps=4, warmup_steps=0, batch_size=4,
+                                     grad_accum=grad_accum, label_smoothing=0.0))
+        tx, schedule = build_optimizer(config, 4)
+        state = init_state(mstate, tx)
+        step = jax.jit(make_train_step(defs, tx, schedule, num_classes=3, label_smoothing=0.0, precision="fp32",
+                                       grad_accum=grad_accum))
+        rng = np.random.default_rng(0)
+        video = rng.normal(size=(4, 16, 16, 16, 3)).astype(np.float32)
+        label = np.array([0, 1, 2, 0], np.int32)
+        n = 4 // grad_accum
+        for i in range(grad_accum):
+            state, _ = step(state, {"video": video[i * n:(i + 1) * n], "label": label[i * n:(i + 1) * n]})
+        return state["params"]
+
+    with jax.default_matmul_precision("float32"):
+        a, b = updated(1), updated(2)
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4, atol=1e-6)
