@@ -19,6 +19,12 @@ _MODELS: dict[str, str] = {
     "r2plus1d_18": "v3d_flax.models.resnet3d:r2plus1d_18",
     "r2plus1d_34": "v3d_flax.models.resnet3d:r2plus1d_34",
     "i3d": "v3d_flax.models.i3d:i3d",
+    "slowfast_r50": "v3d_flax.models.slowfast:slowfast_r50",
+    "slowfast_r101": "v3d_flax.models.slowfast:slowfast_r101",
+    "x3d_xs": "v3d_flax.models.x3d:x3d_xs",
+    "x3d_s": "v3d_flax.models.x3d:x3d_s",
+    "x3d_m": "v3d_flax.models.x3d:x3d_m",
+    "x3d_l": "v3d_flax.models.x3d:x3d_l",
 }
 
 
@@ -31,6 +37,12 @@ CANONICAL_CLIPS: dict[str, tuple[int, int, int]] = {
     "r2plus1d_18": (16, 112, 112),
     "r2plus1d_34": (16, 112, 112),
     "i3d": (64, 224, 224),
+    "slowfast_r50": (32, 256, 256),
+    "slowfast_r101": (32, 256, 256),
+    "x3d_xs": (4, 182, 182),
+    "x3d_s": (13, 182, 182),
+    "x3d_m": (16, 224, 224),
+    "x3d_l": (16, 312, 312),
 }
 
 

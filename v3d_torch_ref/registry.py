@@ -14,6 +14,12 @@ _MODELS: dict[str, str] = {
     "r2plus1d_18": "v3d_torch_ref.models.resnet3d:r2plus1d_18",
     "r2plus1d_34": "v3d_torch_ref.models.resnet3d:r2plus1d_34",
     "i3d": "v3d_torch_ref.models.i3d:i3d",
+    "slowfast_r50": "v3d_torch_ref.models.slowfast:slowfast_r50",
+    "slowfast_r101": "v3d_torch_ref.models.slowfast:slowfast_r101",
+    "x3d_xs": "v3d_torch_ref.models.x3d:x3d_xs",
+    "x3d_s": "v3d_torch_ref.models.x3d:x3d_s",
+    "x3d_m": "v3d_torch_ref.models.x3d:x3d_m",
+    "x3d_l": "v3d_torch_ref.models.x3d:x3d_l",
 }
 
 
