@@ -19,4 +19,9 @@ KEYMAPS: dict[str, list[tuple[str, list[KeyRule]]]] = {
     "pytorch-i3d": [("i3d", [])],
     # DavideA/c3d-pytorch's c3d.pickle (Sports-1M, 487 classes): conv1 .. conv5b, fc6 .. fc8, our names.
     "c3d-sports1m": [("c3d", [])],
+    # PyTorchVideo hub checkpoints ({"model_state": ...}); our SlowFast / X3D references use its module
+    # names verbatim (X3D's swapped stem names conv_t = spatial, conv_xy = temporal included; the
+    # first X3D shortcut is a bare conv and the SlowFast fusion convs sit at
+    # blocks.N.multipathway_fusion in both), so these maps are empty.
+    "pytorchvideo": [("slowfast_r50", []), ("slowfast_r101", []), ("x3d_*", [])],
 }
