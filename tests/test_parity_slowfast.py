@@ -1,0 +1,110 @@
+"""SlowFast: Flax against the PyTorch reference, PyTorchVideo's slow-pathway sampling, head pooling, input checks."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from flax import nnx
+
+import v3d_flax
+from parity import build_pair, check_parity, ncdhw_to_ndhwc, rel_err
+from v3d_flax import port
+from v3d_flax.models import slowfast as flax_sf
+from v3d_torch_ref.models import slowfast as torch_sf
+
+
+def _eval_pair(tm, fm, inputs):
+    tm.eval()
+    fm.eval()
+    with torch.no_grad():
+        ref = tm([torch.from_numpy(x) for x in inputs]).numpy()
+        ref_feat = tm.forward_features([torch.from_numpy(x) for x in inputs]).numpy()
+    with jax.default_matmul_precision("float32"):
+        xs = tuple(jnp.asarray(ncdhw_to_ndhwc(x)) for x in inputs)
+        got, got_feat = np.asarray(fm(xs)), np.asarray(fm.forward_features(xs))
+    return ref, got, ref_feat, got_feat
+
+
+def test_slowfast_r50_parity():
+    # 48x48 leaves res5 a 2x2 map; batch 2 x 2 slow frames keeps train-mode BN well-conditioned.
+    check_parity("slowfast_r50", [(2, 3, 2, 48, 48), (2, 3, 8, 48, 48)])
+
+
+def test_slowfast_r101_eval_parity_and_round_trip():
+    """R101 differs from R50 only in res4's depth (23) and the fusion kernel (5): eval outputs,
+    features and the bit-exact round trip (the full train/gradient check runs on R50)."""
+    tm, fm = build_pair("slowfast_r101", num_classes=6)
+    rng = np.random.RandomState(0)
+    inputs = [rng.randn(1, 3, 2, 32, 32).astype(np.float32), rng.randn(1, 3, 8, 32, 32).astype(np.float32)]
+    ref, got, ref_feat, got_feat = _eval_pair(tm, fm, inputs)
+    assert got.shape == (1, 6) and got_feat.shape == (1, 2304)
+    assert rel_err(ref, got) < 1e-4 and rel_err(ref_feat, got_feat) < 1e-4
+    assert fm.blocks[0].multipathway_fusion.conv_fast_to_slow.kernel.shape == (5, 1, 1, 8, 16)
+    exported = port.to_torch(fm)
+    for k, v in tm.state_dict().items():
+        assert torch.equal(v, exported[k]), k
+
+
+@pytest.mark.parametrize("alpha", [2, 4, 8])
+def test_slow_indices_equal_pytorchvideo_linspace(alpha):
+    """PyTorchVideo's uniform_temporal_subsample: torch.linspace(0, T - 1, T // alpha), clamped, .long()."""
+    for t in range(alpha, 257):
+        ref = torch.clamp(torch.linspace(0, t - 1, t // alpha), 0, t - 1).long().numpy()
+        np.testing.assert_array_equal(flax_sf.slow_indices(t, alpha), ref, err_msg=f"T={t}")
+        assert torch_sf.slow_indices(t, alpha) == ref.tolist()
+    # not a plain stride: 32 frames -> 8 at linspace(0, 31, 8) = 0, 4.43, 8.86, ... truncated
+    assert flax_sf.slow_indices(32, 4).tolist() == [0, 4, 8, 13, 17, 22, 26, 31]
+
+
+def test_pack_pathways_flax_equals_torch():
+    clip = np.random.RandomState(0).randn(2, 3, 30, 4, 5).astype(np.float32)  # NCDHW
+    slow_t, fast_t = torch_sf.pack_pathways(torch.from_numpy(clip), alpha=4)
+    slow_f, fast_f = flax_sf.pack_pathways(jnp.asarray(ncdhw_to_ndhwc(clip)), alpha=4)
+    assert slow_f.shape == (2, 7, 4, 5, 3)
+    np.testing.assert_array_equal(np.asarray(slow_f), ncdhw_to_ndhwc(slow_t.numpy()))
+    np.testing.assert_array_equal(np.asarray(fast_f), ncdhw_to_ndhwc(fast_t.numpy()))
+    slow_np, _ = flax_sf.pack_pathways(ncdhw_to_ndhwc(clip))  # numpy in, numpy out
+    np.testing.assert_array_equal(slow_np, ncdhw_to_ndhwc(slow_t.numpy()))
+    with pytest.raises(ValueError, match="NDHWC"):
+        flax_sf.pack_pathways(np.zeros((30, 4, 5, 3)))
+    with pytest.raises(ValueError, match="alpha"):
+        flax_sf.pack_pathways(np.zeros((1, 3, 4, 5, 3)), alpha=4)
+
+
+def test_fixed_head_pool_kernels_match_reference_and_global_pool_at_their_size():
+    """PyTorchVideo's fixed stride-1 head kernels ((8, 7, 7), (32, 7, 7) in its hub models): equal to
+    global pooling where the final maps are the kernels' size, reproduced by both frameworks where
+    they are larger (overlapping windows, then proj, then the mean over windows)."""
+    rng = np.random.RandomState(1)
+    fitting = [rng.randn(1, 3, 2, 32, 32).astype(np.float32), rng.randn(1, 3, 8, 32, 32).astype(np.float32)]
+    tm, fm = build_pair("slowfast_r50", num_classes=5, head_pool_kernels=((2, 1, 1), (8, 1, 1)))
+    ref, got, _, _ = _eval_pair(tm, fm, fitting)
+    assert rel_err(ref, got) < 1e-4
+    glob = v3d_flax.create_model("slowfast_r50", num_classes=5, rngs=nnx.Rngs(0))
+    port.from_torch(glob, tm.state_dict())
+    glob.eval()
+    with jax.default_matmul_precision("float32"):
+        np.testing.assert_allclose(np.asarray(glob(tuple(jnp.asarray(ncdhw_to_ndhwc(x)) for x in fitting))),
+                                   got, rtol=1e-5, atol=1e-6)
+
+    # 3 slow / 12 fast frames: final maps (3, 1, 1) / (12, 1, 1); kernels 2 and 11 give 2 windows each.
+    larger = [rng.randn(1, 3, 3, 32, 32).astype(np.float32), rng.randn(1, 3, 12, 32, 32).astype(np.float32)]
+    tm, fm = build_pair("slowfast_r50", num_classes=5, head_pool_kernels=((2, 1, 1), (11, 1, 1)))
+    ref, got, _, _ = _eval_pair(tm, fm, larger)
+    assert rel_err(ref, got) < 1e-4
+    port.from_torch(glob, tm.state_dict())
+    with jax.default_matmul_precision("float32"):
+        other = np.asarray(glob(tuple(jnp.asarray(ncdhw_to_ndhwc(x)) for x in larger)))
+    assert rel_err(got, other) > 1e-4  # overlapping windows weight the middle frames more than global pooling
+
+
+def test_slowfast_rejects_bad_input():
+    model = nnx.eval_shape(lambda: v3d_flax.create_model("slowfast_r50", num_classes=3, rngs=nnx.Rngs(0)))
+    slow, fast = jnp.zeros((1, 2, 32, 32, 3)), jnp.zeros((1, 8, 32, 32, 3))
+    with pytest.raises(ValueError, match="pair"):
+        model(fast)
+    with pytest.raises(ValueError, match="alpha"):
+        model((slow, slow))
+    with pytest.raises(ValueError, match="NDHWC"):
+        model((jnp.zeros((1, 3, 2, 32, 32)), jnp.zeros((1, 3, 8, 32, 32))))
