@@ -1,0 +1,95 @@
+"""X3D: Flax against the PyTorch reference, structure details of PyTorchVideo's X3D, head pooling, input checks."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from flax import nnx
+
+import v3d_flax
+from parity import build_pair, check_parity, ncdhw_to_ndhwc, rel_err
+from v3d_flax import port
+from v3d_flax.models import x3d as flax_x3d
+from v3d_torch_ref.models import x3d as torch_x3d
+
+
+def _eval_pair(tm, fm, x):
+    tm.eval()
+    fm.eval()
+    with torch.no_grad():
+        ref, ref_feat = tm(torch.from_numpy(x)).numpy(), tm.forward_features(torch.from_numpy(x)).numpy()
+    with jax.default_matmul_precision("float32"):
+        xf = jnp.asarray(ncdhw_to_ndhwc(x))
+        return ref, np.asarray(fm(xf)), ref_feat, np.asarray(fm.forward_features(xf))
+
+
+def test_x3d_xs_parity():
+    # 4x32x32 (res5 map 1x1, 8 values per BN channel in train mode); X3D-S/M share XS's weights' layout.
+    check_parity("x3d_xs", (2, 3, 4, 32, 32))
+
+
+def test_x3d_l_eval_parity_and_round_trip():
+    """X3D-L differs from XS only in depth (5, 10, 25, 15 blocks): eval outputs, features, round trip."""
+    tm, fm = build_pair("x3d_l", num_classes=6)
+    x = np.random.RandomState(0).randn(1, 3, 3, 32, 32).astype(np.float32)
+    ref, got, ref_feat, got_feat = _eval_pair(tm, fm, x)
+    assert got.shape == (1, 6) and got_feat.shape == (1, 2048)
+    assert rel_err(ref, got) < 1e-4 and rel_err(ref_feat, got_feat) < 1e-4
+    exported = port.to_torch(fm)
+    for k, v in tm.state_dict().items():
+        assert torch.equal(v, exported[k]), k
+
+
+def test_x3d_structure_follows_pytorchvideo():
+    model = nnx.eval_shape(lambda: v3d_flax.create_model("x3d_s", num_classes=400, rngs=nnx.Rngs(0)))
+    stem = model.blocks[0].conv
+    assert stem.conv_t.kernel.shape == (1, 3, 3, 3, 24)  # conv_t is the spatial conv (swapped names)
+    assert stem.conv_xy.kernel.shape == (5, 1, 1, 1, 24) and stem.conv_xy.groups == 24  # temporal depthwise
+    assert [len(s.res_blocks) for s in list(model.blocks)[1:5]] == [3, 5, 11, 7]
+    for stage, (inner, se) in zip(list(model.blocks)[1:5], [(54, 8), (108, 8), (216, 16), (432, 32)]):
+        for j, block in enumerate(stage.res_blocks):
+            assert block.branch2.conv_b.groups == inner
+            squeeze = block.branch2.norm_b[1]
+            if j % 2 == 0:  # SE on blocks 0, 2, 4, ...
+                assert squeeze.block[0].kernel.shape == (1, 1, 1, inner, se) and squeeze.block[0].bias is not None
+            else:
+                assert isinstance(squeeze, flax_x3d.Identity)
+    first = model.blocks[1].res_blocks[0]
+    assert first.branch1_conv is not None and first.branch1_norm is None  # 24 -> 24, stride 2: bare conv
+    assert model.blocks[2].res_blocks[0].branch1_norm is not None
+    assert model.blocks[5].pool.pre_conv.kernel.shape[-2:] == (192, 432)
+    assert model.blocks[5].pool.post_conv.kernel.shape[-2:] == (432, 2048)
+    assert flax_x3d.x3d_dims(depth_factor=5.0) == torch_x3d.x3d_dims(depth_factor=5.0)
+
+
+def test_fixed_head_pool_kernel_matches_reference_and_global_pool_at_its_size():
+    """PyTorchVideo's X3D pools its head with a kernel fixed by the build-time clip
+    (T, ceil(crop / 32), ceil(crop / 32)); the ReLU after post_conv makes window pooling differ
+    from global pooling on larger clips (XS built at 160 and tested at 182, as its hub recipe does)."""
+    tm, fm = build_pair("x3d_xs", num_classes=5, head_pool_kernel=(2, 2, 2))
+    rng = np.random.RandomState(1)
+    fitting = rng.randn(1, 3, 2, 64, 64).astype(np.float32)  # final map (2, 2, 2)
+    ref, got, ref_feat, got_feat = _eval_pair(tm, fm, fitting)
+    assert rel_err(ref, got) < 1e-4 and rel_err(ref_feat, got_feat) < 1e-4
+    glob = v3d_flax.create_model("x3d_xs", num_classes=5, rngs=nnx.Rngs(0))
+    port.from_torch(glob, tm.state_dict())
+    glob.eval()
+    with jax.default_matmul_precision("float32"):
+        np.testing.assert_allclose(np.asarray(glob(jnp.asarray(ncdhw_to_ndhwc(fitting)))), got, rtol=1e-5, atol=1e-6)
+    larger = rng.randn(1, 3, 3, 96, 96).astype(np.float32)  # final map (3, 3, 3): 8 overlapping windows
+    ref, got, _, _ = _eval_pair(tm, fm, larger)
+    assert rel_err(ref, got) < 1e-4
+    with jax.default_matmul_precision("float32"):
+        other = np.asarray(glob(jnp.asarray(ncdhw_to_ndhwc(larger))))
+    assert rel_err(got, other) > 1e-4
+    with pytest.raises(ValueError, match="head_pool_kernel"):
+        fm(jnp.zeros((1, 1, 64, 64, 3)))  # final map (1, 2, 2) is smaller than the kernel
+
+
+def test_x3d_rejects_bad_input():
+    model = nnx.eval_shape(lambda: v3d_flax.create_model("x3d_xs", num_classes=3, rngs=nnx.Rngs(0)))
+    with pytest.raises(ValueError, match="NDHWC"):
+        model(jnp.zeros((1, 3, 4, 32, 32)))
+    with pytest.raises(ValueError, match="NDHWC"):
+        model(jnp.zeros((4, 32, 32, 3)))
