@@ -18,9 +18,10 @@ from v3d_flax.layers import BatchNorm, Conv3d, Linear, ReLU, avg_pool3d, check_v
 SLOW_CONV_A_T = (1, 1, 3, 3)  # temporal kernel of conv_a in res2..res5, slow pathway
 FAST_CONV_A_T = (3, 3, 3, 3)
 DEPTHS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
+ALPHA = 4  # frame-rate ratio fast / slow of the published models
 
 
-def slow_indices(num_frames: int, alpha: int = 4) -> np.ndarray:
+def slow_indices(num_frames: int, alpha: int = ALPHA) -> np.ndarray:
     """Frame indices of the slow pathway: PyTorchVideo's uniform_temporal_subsample of T // alpha frames.
 
     That is torch.linspace(0, T - 1, n) cast to long (truncation). torch computes linspace in float32
@@ -41,7 +42,7 @@ def slow_indices(num_frames: int, alpha: int = 4) -> np.ndarray:
     return np.clip(values, 0, num_frames - 1).astype(np.int64)
 
 
-def pack_pathways(clip, alpha: int = 4):
+def pack_pathways(clip, alpha: int = ALPHA):
     """(slow, fast) from one NDHWC clip (numpy or jax) of T frames: fast is the clip, slow its
     T // alpha frames at `slow_indices(T, alpha)` (PyTorchVideo's PackPathway)."""
     if getattr(clip, "ndim", None) != 5:
@@ -166,7 +167,7 @@ class SlowFast(nnx.Module):
     ((8, 7, 7), (32, 7, 7)) (pass them to reproduce its outputs at other sizes, e.g. 256 crops).
     """
 
-    def __init__(self, *, depth: int = 50, num_classes: int = 400, alpha: int = 4, beta_inv: int = 8,
+    def __init__(self, *, depth: int = 50, num_classes: int = 400, alpha: int = ALPHA, beta_inv: int = 8,
                  fusion_ratio: int = 2, fusion_kernel: int = 7, dropout: float = 0.5, in_channels: int = 3,
                  head_pool_kernels=None, rngs: nnx.Rngs):
         if depth not in DEPTHS:
