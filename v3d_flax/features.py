@@ -1,0 +1,113 @@
+"""Extract penultimate features of many videos into one .npz file.
+
+    python -m v3d_flax.features --model NAME --weights PATH --out FILE.npz DIR_OR_FILES...
+
+Features are the model's pooled pre-classifier activations (`forward_features`; C3D: fc7 after ReLU,
+or fc6 with --layer fc6), averaged over the recipe's views. Directories are searched recursively for
+video files. The .npz holds `features` (N, F) float32, `files` (N,) the path of each row, `failed` and
+`errors` for the files that could not be used, plus `model` and `layer`. Exit status: 0 when every
+file worked, 1 when some failed (the others are still written), 2 for usage errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+
+import numpy as np
+from tqdm import tqdm
+
+from v3d_flax.predict import add_model_arguments, load_predictor, recipe_from_args
+from v3d_flax.video import VideoError, find_videos, load_views
+
+C3D_LAYERS = ("fc6", "fc7")
+
+
+def video_features(predictor, path: str, model_name: str, recipe, *, clips=None, crops=None) -> np.ndarray:
+    """(F,) float32 features of one video: the mean over its views."""
+    return predictor.features(load_views(path, model_name, recipe, clips=clips, crops=crops)).mean(axis=0)
+
+
+def save_npz(path: str, arrays: dict, *, force: bool) -> None:
+    """Write `arrays` to `path` atomically (temporary file, then rename); refuse to overwrite unless force."""
+    if os.path.lexists(path) and not force:
+        raise FileExistsError(f"{path} already exists; pass --force to overwrite it")
+    parent = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of `python -m v3d_flax.features`."""
+    p = argparse.ArgumentParser(prog="python -m v3d_flax.features", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_arguments(p)
+    p.add_argument("--out", required=True, metavar="FILE.npz", help="output file")
+    p.add_argument("--layer", choices=C3D_LAYERS, default=None, help="C3D only: fc6 or fc7 (default fc7)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing --out")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("inputs", nargs="+", metavar="DIR_OR_FILE", help="video files or directories of videos")
+    return p
+
+
+def main(argv=None) -> int:
+    """Run the feature extractor CLI; returns the exit status."""
+    from v3d_flax.convert import CheckpointError
+    from v3d_flax.port import PortError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.layer is not None and args.model != "c3d":
+        parser.error("--layer applies to c3d only (the other models have one pooled feature layer)")
+    if not args.out.endswith(".npz"):
+        parser.error("--out must name a .npz file")
+    if os.path.lexists(args.out) and not args.force:
+        print(f"error: {args.out} already exists; pass --force to overwrite it", file=sys.stderr)
+        return 1
+    files = find_videos(args.inputs)
+    if not files:
+        print("error: no video files found in " + ", ".join(args.inputs), file=sys.stderr)
+        return 1
+    layer = args.layer or ("fc7" if args.model == "c3d" else "pooled")
+    try:
+        recipe = recipe_from_args(args)
+        predictor, _ = load_predictor(args, recipe, feature_layer=args.layer)
+    except (CheckpointError, PortError, ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    rows, done, failed, errors = [], [], [], []
+    for path in tqdm(files, desc="features", unit="video", disable=args.no_progress, file=sys.stderr):
+        try:
+            rows.append(video_features(predictor, path, args.model, recipe, clips=args.clips, crops=args.crops))
+            done.append(path)
+        except VideoError as e:
+            failed.append(path)
+            errors.append(str(e))
+            tqdm.write(f"error: {e}", file=sys.stderr)
+    features = np.stack(rows).astype(np.float32) if rows else np.zeros((0, 0), np.float32)
+    try:
+        save_npz(args.out, {"features": features, "files": np.array(done, dtype=str),
+                            "failed": np.array(failed, dtype=str), "errors": np.array(errors, dtype=str),
+                            "model": np.array(args.model), "layer": np.array(layer)}, force=args.force)
+    except OSError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"wrote {args.out}: {len(done)} videos x {features.shape[1] if rows else 0} features"
+          + (f", {len(failed)} failed" if failed else ""), file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,208 @@
+"""Classify video files with a pretrained model: multi-view inference, top-k labels.
+
+    python -m v3d_flax.predict --model NAME --weights PATH [--top-k 5] [--json] VIDEO...
+
+Each video is decoded with PyAV and sampled as the model's recipe says (`v3d_flax.video.RECIPES`:
+frames x rate, resize, crop, normalisation); the softmax probabilities of all views (clips x crops)
+are averaged. Exit status: 0 when every file was classified, 1 when some failed (their errors are
+printed, the others are still processed), 2 for usage errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from importlib import resources
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from v3d_flax.registry import list_models
+from v3d_flax.video import Recipe, VideoError, load_views, recipe_for
+
+BUILTIN_CLASSES = {"kinetics400": 400, "ucf101": 101}
+
+
+def load_class_names(spec: str | None, num_classes: int) -> list[str]:
+    """Class names for a `num_classes` head: a built-in list ("kinetics400", "ucf101"), a text file with
+    one name per line, or (spec None) the built-in list of that size, else "class_<i>"."""
+    if spec is None:
+        spec = next((name for name, n in BUILTIN_CLASSES.items() if n == num_classes), None)
+        if spec is None:
+            return [f"class_{i}" for i in range(num_classes)]
+    if spec in BUILTIN_CLASSES:
+        text = resources.files("v3d_flax.classnames").joinpath(f"{spec}.txt").read_text(encoding="utf-8")
+        source = f"built-in list {spec!r}"
+    else:
+        with open(spec, encoding="utf-8") as f:
+            text = f.read()
+        source = spec
+    names = [line.strip() for line in text.splitlines() if line.strip()]
+    if len(names) != num_classes:
+        raise ValueError(f"{source} has {len(names)} class names but the model has {num_classes} classes")
+    return names
+
+
+class Predictor:
+    """A model in eval mode with jitted logits / features over batches of views (fixed batch shape)."""
+
+    def __init__(self, model: nnx.Module, *, batch_size: int = 8, feature_layer: str | None = None):
+        model.eval()
+        self.arch = getattr(model, "arch", None)
+        self.batch_size = batch_size
+        graphdef, state = nnx.split(model)
+        layer_kw = {"layer": feature_layer} if feature_layer else {}
+
+        @jax.jit
+        def logits(state, x):
+            return nnx.merge(graphdef, state)(x)
+
+        @jax.jit
+        def features(state, x):
+            model = nnx.merge(graphdef, state)
+            if not hasattr(model, "forward_features"):
+                raise NotImplementedError(f"{type(model).__name__} has no forward_features(x); "
+                                          f"features cannot be extracted from it")
+            return model.forward_features(x, **layer_kw)
+
+        self._state, self._logits, self._features = state, logits, features
+
+    def _batched(self, fn, views) -> np.ndarray:
+        parts = views if isinstance(views, (list, tuple)) else [views]
+        n = parts[0].shape[0]
+        batch = min(self.batch_size, n)
+        outs = []
+        for start in range(0, n, batch):
+            chunk = [p[start:start + batch] for p in parts]
+            real = chunk[0].shape[0]
+            if real < batch:  # pad so every call reuses one compiled shape
+                chunk = [np.concatenate([c, np.zeros((batch - real, *c.shape[1:]), c.dtype)]) for c in chunk]
+            x = [jnp.asarray(c) for c in chunk] if len(chunk) > 1 else jnp.asarray(chunk[0])
+            outs.append(np.asarray(fn(self._state, x))[:real])
+        return np.concatenate(outs)
+
+    def logits(self, views) -> np.ndarray:
+        """(V, num_classes) float32 logits of V views (an array, or [slow, fast] for SlowFast)."""
+        return self._batched(self._logits, views)
+
+    def features(self, views) -> np.ndarray:
+        """(V, F) float32 pre-classifier features of V views."""
+        return self._batched(self._features, views)
+
+
+def average_probabilities(logits: np.ndarray) -> np.ndarray:
+    """The mean over views of the softmax probabilities, (num_classes,) float32."""
+    return np.asarray(jax.nn.softmax(jnp.asarray(logits, jnp.float32), axis=-1).mean(axis=0))
+
+
+def predict_video(predictor: Predictor, path: str, model_name: str, recipe: Recipe | None = None, *,
+                  clips: int | None = None, crops: int | None = None) -> np.ndarray:
+    """View-averaged class probabilities of one video file; VideoError names the file on failure."""
+    return average_probabilities(predictor.logits(load_views(path, model_name, recipe, clips=clips, crops=crops)))
+
+
+def top_k(probs: np.ndarray, names: list[str], k: int) -> list[dict]:
+    """The k most probable classes as [{"index", "label", "probability"}], best first (ties: lower index)."""
+    order = np.argsort(-probs, kind="stable")[:k]
+    return [{"index": int(i), "label": names[i], "probability": float(probs[i])} for i in order]
+
+
+def add_model_arguments(p: argparse.ArgumentParser) -> None:
+    """Options shared by predict and features: model, weights, recipe overrides."""
+    from v3d_flax.port.keymaps import KEYMAPS
+
+    p.add_argument("--model", required=True, choices=list_models(), metavar="NAME",
+                   help="registry name: " + ", ".join(list_models()))
+    p.add_argument("--weights", required=True, metavar="PATH",
+                   help="checkpoint: PyTorch (.pth/.pt/.pickle/.safetensors) or Flax (orbax dir, .safetensors, "
+                        "training workdir)")
+    p.add_argument("--source", default="v3d", choices=sorted(KEYMAPS),
+                   help="key naming of a PyTorch checkpoint (default: v3d)")
+    p.add_argument("--num-classes", type=int, default=None, help="head size (default: read from the weights)")
+    p.add_argument("--clips", type=int, default=None, help="temporal views per video (default: the recipe's)")
+    p.add_argument("--crops", type=int, choices=(1, 3), default=None, help="spatial views (default: the recipe's)")
+    p.add_argument("--frames", type=int, default=None, help="override the recipe's frames per clip")
+    p.add_argument("--rate", type=int, default=None, help="override the recipe's sampling rate")
+    p.add_argument("--resize", type=int, default=None, help="override the recipe's resize: short side in pixels")
+    p.add_argument("--crop", type=int, default=None, help="override the recipe's crop size")
+    p.add_argument("--batch-size", type=int, default=8, help="views per forward pass (default: 8)")
+
+
+def recipe_from_args(args) -> Recipe:
+    """The model's recipe with the command line's overrides."""
+    return recipe_for(args.model, frames=args.frames, rate=args.rate, resize=args.resize, crop=args.crop)
+
+
+def load_predictor(args, recipe: Recipe, **kw) -> Predictor:
+    """Build the model, load --weights, wrap it in a Predictor (errors are CheckpointError/PortError)."""
+    from v3d_flax.convert import load_model
+
+    model = load_model(args.model, args.weights, source=args.source, num_classes=args.num_classes, recipe=recipe)
+    return Predictor(model, batch_size=args.batch_size, **kw), model
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of `python -m v3d_flax.predict`."""
+    p = argparse.ArgumentParser(prog="python -m v3d_flax.predict", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_arguments(p)
+    p.add_argument("--classes", default=None, metavar="LIST",
+                   help="class names: kinetics400, ucf101 or a text file with one name per line "
+                        "(default: by head size, else class_<i>)")
+    p.add_argument("--top-k", type=int, default=5, help="labels to print per video (default: 5)")
+    p.add_argument("--json", action="store_true", help="print one JSON document instead of text")
+    p.add_argument("videos", nargs="+", metavar="VIDEO", help="video files (mp4, avi, webm, ...)")
+    return p
+
+
+def main(argv=None) -> int:
+    """Run the classifier CLI; returns the exit status."""
+    from v3d_flax.convert import CheckpointError
+    from v3d_flax.port import PortError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.top_k < 1 or args.batch_size < 1 or (args.clips is not None and args.clips < 1):
+        parser.error("--top-k, --batch-size and --clips must be >= 1")
+    try:
+        recipe = recipe_from_args(args)
+        predictor, model = load_predictor(args, recipe)
+        names = load_class_names(args.classes, head_size(model, recipe))
+    except (CheckpointError, PortError, ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    results, errors = [], []
+    for path in args.videos:
+        try:
+            probs = predict_video(predictor, path, args.model, recipe, clips=args.clips, crops=args.crops)
+        except VideoError as e:
+            errors.append({"file": path, "error": str(e)})
+            print(f"error: {e}", file=sys.stderr)
+            continue
+        results.append({"file": path, "top_k": top_k(probs, names, min(args.top_k, len(names)))})
+        if not args.json:
+            print(path)
+            for rank, entry in enumerate(results[-1]["top_k"], 1):
+                print(f"  {rank}. {entry['probability']:.4f}  {entry['label']}")
+    if args.json:
+        views = (args.clips or recipe.clips) * (args.crops or recipe.crops)
+        json.dump({"model": args.model, "weights": os.fspath(args.weights), "views": views,
+                   "results": results, "errors": errors}, sys.stdout, indent=1)
+        print()
+    return 1 if errors else 0
+
+
+def head_size(model: nnx.Module, recipe: Recipe | None = None) -> int:
+    """Number of classes of a loaded model (read from its classifier's shape, no forward pass)."""
+    from v3d_flax.convert import flax_state, infer_num_classes
+
+    shapes = {k: v.shape for k, v in flax_state(model).items()}
+    return infer_num_classes(model.arch, shapes, kind="flax", recipe=recipe)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
