@@ -55,7 +55,7 @@ def flax_state(model: nnx.Module) -> dict[str, np.ndarray]:
     """The model's parameters and batch statistics as {"/"-joined NNX path: numpy array}."""
     state = nnx.state(model, _WEIGHTS)
     return {"/".join(map(str, path)): np.asarray(v.get_value() if hasattr(v, "get_value") else v)
-            for path, v in state.flat_state()}
+            for path, v in nnx.to_flat_state(state)}
 
 
 def _abstract_shapes(name: str, num_classes: int, recipe, kind: str) -> dict[str, tuple]:
@@ -64,7 +64,7 @@ def _abstract_shapes(name: str, num_classes: int, recipe, kind: str) -> dict[str
     if kind == "torch":
         return torch_shapes(model)
     state = nnx.state(model, _WEIGHTS)
-    return {"/".join(map(str, p)): tuple(v.get_value().shape) for p, v in state.flat_state()}
+    return {"/".join(map(str, p)): tuple(v.get_value().shape) for p, v in nnx.to_flat_state(state)}
 
 
 def infer_num_classes(name: str, shapes: dict[str, tuple], *, kind: str, recipe=None) -> int:
@@ -166,7 +166,7 @@ def assign_flax_state(model: nnx.Module, flat: dict[str, np.ndarray]) -> None:
     state = nnx.state(model, _WEIGHTS)
     missing, mismatched, updates = [], [], []
     expected = set()
-    for path, var in state.flat_state():
+    for path, var in nnx.to_flat_state(state):
         key = "/".join(map(str, path))
         expected.add(key)
         if key not in flat:

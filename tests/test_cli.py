@@ -1,0 +1,288 @@
+"""predict / features CLIs and the video pipeline, on small videos the tests encode with PyAV."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import av
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from flax import nnx
+
+from v3d_flax import features as features_cli
+from v3d_flax import predict as predict_cli
+from v3d_flax.port import from_torch
+from v3d_flax.registry import create_model
+from v3d_flax.video import (RECIPES, Recipe, VideoError, clip_indices, crop_offsets, decode_frames, find_videos,
+                            load_views, preprocess, probe, recipe_for, resized_size)
+from v3d_torch_ref.registry import create_model as create_torch_model
+
+H, W = 48, 64
+# Small clips keep the CPU forward passes cheap; r3d_18 pools globally, so any clip size works.
+TINY = ["--frames", "4", "--rate", "2", "--resize", "32", "--crop", "32", "--clips", "2", "--crops", "1"]
+
+
+def synthetic_frames(n: int, h: int = H, w: int = W) -> np.ndarray:
+    """Frames whose content identifies their index: brightness ramps with time, a bar moves."""
+    t = np.arange(n)[:, None, None]
+    frames = np.zeros((n, h, w, 3), np.uint8)
+    frames[..., 0] = (t * 5 + 20) % 256
+    frames[..., 1] = np.linspace(0, 255, w, dtype=np.uint8)[None, None, :]
+    frames[..., 2] = np.linspace(0, 255, h, dtype=np.uint8)[None, :, None]
+    for i in range(n):
+        x = (i * 3) % (w - 8)
+        frames[i, :, x:x + 8, :] = 255
+    return frames
+
+
+def encode(path, codec: str, frames: np.ndarray, fps: int = 30) -> str:
+    """Write `frames` with PyAV; skips the test when the codec is missing from the av wheel."""
+    try:
+        av.codec.Codec(codec, "w")
+    except Exception:
+        pytest.skip(f"the installed PyAV has no {codec} encoder")
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec, rate=fps)
+        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+        stream.bit_rate = 4_000_000  # near-lossless, so decoded frames can be matched to the source
+        if codec == "libx264":
+            stream.options = {"crf": "10"}
+        for frame in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory):
+    """{"mp4", "avi", "webm": 40-frame videos, "short": 6 frames, "corrupt": truncated mp4, "text": not a video}."""
+    d = tmp_path_factory.mktemp("videos")
+    frames = synthetic_frames(40)
+    out = {"mp4": encode(d / "clip.mp4", "libx264", frames), "avi": encode(d / "clip.avi", "mpeg4", frames),
+           "webm": encode(d / "clip.webm", "libvpx", frames), "short": encode(d / "short.mp4", "libx264", frames[:6])}
+    data = open(out["mp4"], "rb").read()
+    (d / "corrupt.mp4").write_bytes(data[: len(data) // 2])
+    (d / "notes.avi").write_text("this is not a video\n")
+    out["corrupt"], out["text"] = str(d / "corrupt.mp4"), str(d / "notes.avi")
+    out["frames"] = frames
+    return out
+
+
+@pytest.fixture(scope="module")
+def r3d_weights(tmp_path_factory):
+    """A v3d_torch_ref r3d_18 with a 101-class head (UCF101 names) and non-trivial BN statistics, saved as .pth."""
+    torch.manual_seed(0)
+    model = create_torch_model("r3d_18", num_classes=101)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm3d):
+                m.running_mean.normal_(0, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+    path = tmp_path_factory.mktemp("weights") / "r3d_18_ucf.pth"
+    torch.save(model.state_dict(), path)
+    return str(path), model.state_dict()
+
+
+def api_model(name, state_dict, num_classes, **kw):
+    model = create_model(name, num_classes=num_classes, rngs=nnx.Rngs(1), **kw)
+    from_torch(model, state_dict)
+    model.eval()
+    return model
+
+
+# ------------------------------------------------------------------------------------------------ video
+
+@pytest.mark.parametrize("kind", ["mp4", "avi", "webm"])
+def test_decode_returns_the_requested_frames(videos, kind):
+    info = probe(videos[kind])
+    assert (info.num_frames, info.height, info.width) == (40, H, W) and info.fps == pytest.approx(30)
+    wanted = [0, 7, 7, 39, 20]
+    got = decode_frames(videos[kind], wanted).astype(np.float32)
+    assert got.shape == (5, H, W, 3)
+    ref = videos["frames"].astype(np.float32)
+    errors = np.abs(got[:, None] - ref[None]).mean(axis=(2, 3, 4))  # (requested, all source frames)
+    assert errors.argmin(axis=1).tolist() == wanted
+    assert errors.min(axis=1).max() < 6.0  # lossy codecs, but close to the source frame
+
+
+def test_clip_indices_spread_and_resample():
+    r = Recipe(frames=16, rate=1, resize=128, crop=112, fps=15.0)
+    idx = clip_indices(40, 30.0, r, 2)  # 30 -> 15 fps: stride 2, span 31, slack 9
+    assert idx.tolist() == [list(range(2, 33, 2)), list(range(6, 37, 2))]
+    assert clip_indices(31, 30.0, r, 1).tolist() == [list(range(0, 31, 2))]
+    with pytest.raises(ValueError, match="has 30 frames.*needs 31"):
+        clip_indices(30, 30.0, r, 1)
+    x3d = RECIPES["x3d_xs"]
+    assert clip_indices(100, 30.0, x3d, 1).tolist() == [[31, 43, 55, 67]]  # span 37, slack 63, centred
+
+
+def test_resize_and_crop_geometry():
+    assert resized_size(240, 320, 128) == (128, 171)
+    assert resized_size(320, 240, 256) == (341, 256)
+    assert resized_size(240, 320, (128, 171)) == (128, 171)
+    assert crop_offsets(128, 171, 112, 1) == [(8, 29)]
+    assert crop_offsets(256, 341, 256, 3) == [(0, 0), (0, 42), (0, 85)]
+    assert crop_offsets(341, 256, 256, 3) == [(0, 0), (42, 0), (85, 0)]
+    with pytest.raises(ValueError, match="larger than"):
+        crop_offsets(100, 120, 112, 1)
+
+
+def test_preprocess_matches_torch_bilinear_and_normalisation():
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 256, (3, 48, 64, 3), dtype=np.uint8)
+    mean, std = (0.43216, 0.394666, 0.37645), (0.22803, 0.22145, 0.216989)
+    ours = preprocess(frames, Recipe(frames=3, rate=1, resize=32, crop=32), mean, std)
+    t = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255.0
+    t = torch.nn.functional.interpolate(t, size=(32, 43), mode="bilinear", align_corners=False)
+    t = (t - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
+    np.testing.assert_allclose(ours, t.permute(0, 2, 3, 1).numpy(), atol=2e-5)
+
+
+def test_load_views_shapes_and_pathways(videos):
+    views = load_views(videos["mp4"], "r3d_18", recipe_for("r3d_18", frames=8, resize=40, crop=32), clips=2, crops=3)
+    assert views.shape == (6, 8, 32, 32, 3) and views.dtype == np.float32
+    slow, fast = load_views(videos["avi"], "slowfast_r50", recipe_for("slowfast_r50", frames=16, rate=2, resize=32,
+                                                                        crop=32), clips=1, crops=1)
+    assert fast.shape == (1, 16, 32, 32, 3) and slow.shape == (1, 4, 32, 32, 3)
+    np.testing.assert_array_equal(slow, fast[:, [0, 5, 10, 15]])  # linspace(0, 15, 4) truncated
+
+
+def test_every_registered_model_has_a_recipe_and_normalisation():
+    from v3d_flax.data.normalization import normalization_for
+    from v3d_flax.registry import list_models
+
+    for name in list_models():
+        recipe_for(name)
+        normalization_for(name)
+    assert recipe_for("slowfast_r50").pathways == 2
+
+
+@pytest.mark.parametrize("kind, message", [("short", "too short: the video has 6 frames"),
+                                           ("corrupt", "not a readable video"), ("text", "not a readable video")])
+def test_bad_files_raise_video_error_naming_the_file(videos, kind, message):
+    with pytest.raises(VideoError, match=message) as e:
+        load_views(videos[kind], "r3d_18", recipe_for("r3d_18", frames=8, resize=32, crop=32), clips=1)
+    assert str(e.value).startswith(videos[kind])
+    with pytest.raises(VideoError, match="no such file"):
+        probe(videos[kind] + ".missing")
+
+
+def test_find_videos_expands_directories(videos, tmp_path):
+    d = os.path.dirname(videos["mp4"])
+    found = find_videos([d, videos["text"]])
+    assert [os.path.basename(f) for f in found] == ["clip.avi", "clip.mp4", "clip.webm", "corrupt.mp4", "notes.avi",
+                                                    "short.mp4", "notes.avi"]
+
+
+# ------------------------------------------------------------------------------------------------ predict
+
+def test_class_name_lists():
+    k400 = predict_cli.load_class_names("kinetics400", 400)
+    assert (k400[0], k400[-1], len(set(k400))) == ("abseiling", "zumba", 400) and k400 == sorted(k400)
+    ucf = predict_cli.load_class_names(None, 101)
+    assert (ucf[0], ucf[34], ucf[35], ucf[-1]) == ("ApplyEyeMakeup", "Hammering", "HammerThrow", "YoYo")
+    assert predict_cli.load_class_names(None, 3) == ["class_0", "class_1", "class_2"]
+    with pytest.raises(ValueError, match="has 400 class names but the model has 101"):
+        predict_cli.load_class_names("kinetics400", 101)
+
+
+def test_predict_cli_equals_api_and_reports_bad_files(videos, r3d_weights, capsys):
+    path, state_dict = r3d_weights
+    files = [videos["mp4"], videos["corrupt"], videos["avi"], videos["text"], videos["webm"], videos["short"]]
+    with jax.default_matmul_precision("float32"):
+        rc = predict_cli.main(["--model", "r3d_18", "--weights", path, *TINY, "--top-k", "3", "--json", *files])
+        out, err = capsys.readouterr()
+        assert rc == 1
+        report = json.loads(out)
+        assert [r["file"] for r in report["results"]] == [videos["mp4"], videos["avi"], videos["webm"]]
+        assert [e["file"] for e in report["errors"]] == [videos["corrupt"], videos["text"], videos["short"]]
+        for name in ("corrupt.mp4", "notes.avi", "short.mp4"):
+            assert name in err
+        ucf = predict_cli.load_class_names("ucf101", 101)
+        model = api_model("r3d_18", state_dict, 101)
+        recipe = recipe_for("r3d_18", frames=4, rate=2, resize=32, crop=32)
+        for result in report["results"]:
+            views = load_views(result["file"], "r3d_18", recipe, clips=2, crops=1)
+            probs = np.asarray(jax.nn.softmax(model(jnp.asarray(views)), axis=-1)).mean(axis=0)
+            expected = np.argsort(-probs, kind="stable")[:3]
+            assert [e["index"] for e in result["top_k"]] == expected.tolist()
+            assert [e["label"] for e in result["top_k"]] == [ucf[i] for i in expected]
+            np.testing.assert_allclose([e["probability"] for e in result["top_k"]], probs[expected], rtol=1e-5)
+
+
+def test_predict_cli_text_output_all_ok(videos, r3d_weights, capsys):
+    rc = predict_cli.main(["--model", "r3d_18", "--weights", r3d_weights[0], *TINY, "--top-k", "2",
+                           videos["mp4"], videos["webm"]])
+    out = capsys.readouterr().out.splitlines()
+    assert rc == 0
+    assert out[0] == videos["mp4"] and out[3] == videos["webm"]
+    assert out[1].startswith("  1. 0.") and out[2].startswith("  2. 0.")
+    p1, p2 = float(out[1].split()[1]), float(out[2].split()[1])
+    assert 1 >= p1 >= p2 > 0
+
+
+def test_predict_cli_checkpoint_errors(videos, r3d_weights, tmp_path, capsys):
+    assert predict_cli.main(["--model", "mc3_18", "--weights", r3d_weights[0], *TINY, videos["mp4"]]) == 1
+    assert "does not match mc3_18" in capsys.readouterr().err
+    assert predict_cli.main(["--model", "r3d_18", "--weights", str(tmp_path / "none.pth"), videos["mp4"]]) == 1
+    assert "no checkpoint" in capsys.readouterr().err
+
+
+def test_python_dash_m_usage_error_exits_2():
+    proc = subprocess.run([sys.executable, "-m", "v3d_flax.predict", "--model", "no_such_model", "--weights", "x",
+                           "v.mp4"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "invalid choice" in proc.stderr
+
+
+# ------------------------------------------------------------------------------------------------ features
+
+def test_features_cli_writes_index_and_equals_api(videos, r3d_weights, tmp_path, capsys):
+    out = tmp_path / "feats.npz"
+    d = os.path.dirname(videos["mp4"])
+    with jax.default_matmul_precision("float32"):
+        rc = features_cli.main(["--model", "r3d_18", "--weights", r3d_weights[0], *TINY, "--no-progress",
+                                "--out", str(out), d])
+        assert rc == 1  # the directory holds a corrupt, a non-video and a too-short file
+        data = np.load(out)
+        assert data["files"].tolist() == [videos["avi"], videos["mp4"], videos["webm"]]
+        assert sorted(data["failed"].tolist()) == sorted([videos["corrupt"], videos["text"], videos["short"]])
+        assert data["features"].shape == (3, 512) and str(data["model"]) == "r3d_18"
+        model = api_model("r3d_18", r3d_weights[1], 101)
+        recipe = recipe_for("r3d_18", frames=4, rate=2, resize=32, crop=32)
+        for row, f in zip(data["features"], data["files"]):
+            expected = np.asarray(model.forward_features(jnp.asarray(load_views(str(f), "r3d_18", recipe, clips=2))))
+            np.testing.assert_allclose(row, expected.mean(axis=0), rtol=1e-5, atol=1e-6)
+    assert "corrupt.mp4" in capsys.readouterr().err
+    before = out.read_bytes()
+    assert features_cli.main(["--model", "r3d_18", "--weights", r3d_weights[0], "--out", str(out), d]) == 1
+    assert "already exists" in capsys.readouterr().err and out.read_bytes() == before
+
+
+def test_features_cli_c3d_fc6(videos, tmp_path):
+    torch.manual_seed(0)
+    ref = create_torch_model("c3d", num_classes=5, num_frames=16, crop_size=32)
+    weights = tmp_path / "c3d.pth"
+    torch.save(ref.state_dict(), weights)
+    out = tmp_path / "c3d.npz"
+    args = ["--model", "c3d", "--weights", str(weights), "--resize", "40", "--crop", "32", "--clips", "1",
+            "--no-progress", "--out", str(out), videos["mp4"]]
+    with jax.default_matmul_precision("float32"):
+        assert features_cli.main([*args, "--layer", "fc6"]) == 0
+        data = np.load(out)
+        assert data["features"].shape == (1, 4096) and str(data["layer"]) == "fc6"
+        model = api_model("c3d", ref.state_dict(), 5, num_frames=16, crop_size=32)
+        views = load_views(videos["mp4"], "c3d", recipe_for("c3d", resize=40, crop=32), clips=1)
+        np.testing.assert_allclose(data["features"][0], np.asarray(model.forward_features(jnp.asarray(views),
+                                                                                          layer="fc6"))[0],
+                                   rtol=1e-5, atol=1e-5)
+    with pytest.raises(SystemExit) as e:
+        features_cli.main(["--model", "r3d_18", "--weights", str(weights), "--layer", "fc6", "--out", "x.npz", "v"])
+    assert e.value.code == 2
