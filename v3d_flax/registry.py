@@ -25,6 +25,11 @@ _MODELS: dict[str, str] = {
     "x3d_s": "v3d_flax.models.x3d:x3d_s",
     "x3d_m": "v3d_flax.models.x3d:x3d_m",
     "x3d_l": "v3d_flax.models.x3d:x3d_l",
+    "i3d_r50": "v3d_flax.models.resnet50:i3d_r50",
+    "slow_r50": "v3d_flax.models.resnet50:slow_r50",
+    "c2d_r50": "v3d_flax.models.resnet50:c2d_r50",
+    "csn_r101": "v3d_flax.models.resnet50:csn_r101",
+    "r2plus1d_r50": "v3d_flax.models.resnet50:r2plus1d_r50",
 }
 
 
@@ -43,6 +48,11 @@ CANONICAL_CLIPS: dict[str, tuple[int, int, int]] = {
     "x3d_s": (13, 160, 160),
     "x3d_m": (16, 224, 224),
     "x3d_l": (16, 312, 312),
+    "i3d_r50": (8, 224, 224),
+    "slow_r50": (8, 224, 224),
+    "c2d_r50": (8, 224, 224),
+    "csn_r101": (32, 224, 224),
+    "r2plus1d_r50": (16, 224, 224),
 }
 
 

@@ -20,6 +20,11 @@ _MODELS: dict[str, str] = {
     "x3d_s": "v3d_torch_ref.models.x3d:x3d_s",
     "x3d_m": "v3d_torch_ref.models.x3d:x3d_m",
     "x3d_l": "v3d_torch_ref.models.x3d:x3d_l",
+    "i3d_r50": "v3d_torch_ref.models.resnet50:i3d_r50",
+    "slow_r50": "v3d_torch_ref.models.resnet50:slow_r50",
+    "c2d_r50": "v3d_torch_ref.models.resnet50:c2d_r50",
+    "csn_r101": "v3d_torch_ref.models.resnet50:csn_r101",
+    "r2plus1d_r50": "v3d_torch_ref.models.resnet50:r2plus1d_r50",
 }
 
 

@@ -23,5 +23,7 @@ KEYMAPS: dict[str, list[tuple[str, list[KeyRule]]]] = {
     # names verbatim (X3D's swapped stem names conv_t = spatial, conv_xy = temporal included; the
     # first X3D shortcut is a bare conv and the SlowFast fusion convs sit at
     # blocks.N.multipathway_fusion in both), so these maps are empty.
-    "pytorchvideo": [("slowfast_r50", []), ("slowfast_r101", []), ("x3d_*", [])],
+    "pytorchvideo": [("slowfast_r50", []), ("slowfast_r101", []), ("x3d_*", []),
+                     # the bottleneck ResNet family: our references use PyTorchVideo's names verbatim.
+                     ("i3d_r50", []), ("slow_r50", []), ("c2d_r50", []), ("csn_r101", []), ("r2plus1d_r50", [])],
 }
