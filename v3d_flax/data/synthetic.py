@@ -134,7 +134,12 @@ class V3dSyntheticMotion(tfds.core.GeneratorBasedBuilder):
 
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "8 classes (4 directions x 2 speeds), 20x36x36 uint8 clips, 1600 train / 400 test."}
-    BUILDER_CONFIGS = [SyntheticMotionConfig(name="default")]
+    BUILDER_CONFIGS = [
+        SyntheticMotionConfig(name="default"),
+        # For smoke runs and tests: "v3d_synthetic_motion/tiny".
+        SyntheticMotionConfig(name="tiny", settings=SyntheticMotionSettings(num_frames=12, size=24, num_train=64,
+                                                                            num_test=16)),
+    ]
 
     @tfds.core.utils.classproperty
     @classmethod
