@@ -88,6 +88,11 @@ def test_fixed_head_pool_kernels_match_reference_and_global_pool_at_their_size()
         np.testing.assert_allclose(np.asarray(glob(tuple(jnp.asarray(ncdhw_to_ndhwc(x)) for x in fitting))),
                                    got, rtol=1e-5, atol=1e-6)
 
+    # one clip is packed into the pair as PyTorchVideo's PackPathway does (slow frames 0 and 7 of 8)
+    with jax.default_matmul_precision("float32"):
+        fast = jnp.asarray(ncdhw_to_ndhwc(fitting[1]))
+        np.testing.assert_array_equal(np.asarray(glob(fast)), np.asarray(glob((fast[:, np.array([0, 7])], fast))))
+
     # 3 slow / 12 fast frames: final maps (3, 1, 1) / (12, 1, 1); kernels 2 and 11 give 2 windows each.
     larger = [rng.randn(1, 3, 3, 32, 32).astype(np.float32), rng.randn(1, 3, 12, 32, 32).astype(np.float32)]
     tm, fm = build_pair("slowfast_r50", num_classes=5, head_pool_kernels=((2, 1, 1), (11, 1, 1)))
@@ -103,8 +108,24 @@ def test_slowfast_rejects_bad_input():
     model = nnx.eval_shape(lambda: v3d_flax.create_model("slowfast_r50", num_classes=3, rngs=nnx.Rngs(0)))
     slow, fast = jnp.zeros((1, 2, 32, 32, 3)), jnp.zeros((1, 8, 32, 32, 3))
     with pytest.raises(ValueError, match="pair"):
-        model(fast)
+        model(jnp.zeros((8, 32, 32, 3)))
+    with pytest.raises(ValueError, match="pair"):
+        model((slow, fast, fast))
     with pytest.raises(ValueError, match="alpha"):
         model((slow, slow))
     with pytest.raises(ValueError, match="NDHWC"):
         model((jnp.zeros((1, 3, 2, 32, 32)), jnp.zeros((1, 3, 8, 32, 32))))
+
+
+def test_pytorchvideo_head_kernels_fit_224_and_slide_at_256():
+    model = nnx.eval_shape(lambda: v3d_flax.create_model(
+        "slowfast_r50", num_classes=400, head_pool_kernels=flax_sf.PYTORCHVIDEO_HEAD_POOL_KERNELS, rngs=nnx.Rngs(0)))
+    graphdef, state = nnx.split(model)
+
+    def pooled_shape(size):
+        xs = (jax.ShapeDtypeStruct((1, 8, size, size, 3), jnp.float32),
+              jax.ShapeDtypeStruct((1, 32, size, size, 3), jnp.float32))
+        return jax.eval_shape(lambda s, x: nnx.merge(graphdef, s).forward_pooled(x), state, xs).shape
+
+    assert pooled_shape(224) == (1, 1, 1, 1, 2304)  # one window: global pooling
+    assert pooled_shape(256) == (1, 1, 2, 2, 2304)  # PyTorchVideo's 256 test crops: 2x2 overlapping windows

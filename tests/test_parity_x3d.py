@@ -93,3 +93,18 @@ def test_x3d_rejects_bad_input():
         model(jnp.zeros((1, 3, 4, 32, 32)))
     with pytest.raises(ValueError, match="NDHWC"):
         model(jnp.zeros((4, 32, 32, 3)))
+
+
+@pytest.mark.parametrize("arch,frames,crop", [("x3d_xs", 4, 160), ("x3d_s", 13, 160), ("x3d_m", 16, 224),
+                                              ("x3d_l", 16, 312)])
+def test_pytorchvideo_head_kernel_is_the_final_map_of_its_build_clip(arch, frames, crop):
+    """create_x3d's kernel (T, ceil(crop / 32), ceil(crop / 32)) covers the whole final map of the
+    clip the hub model is built for, where global pooling is the same operation."""
+    kernel = flax_x3d.PYTORCHVIDEO_HEAD_POOL_KERNEL[arch]
+    assert kernel == (frames, -(-crop // 32), -(-crop // 32))
+    model = nnx.eval_shape(lambda: v3d_flax.create_model(arch, num_classes=400, head_pool_kernel=kernel,
+                                                         rngs=nnx.Rngs(0)))
+    graphdef, state = nnx.split(model)
+    x = jax.ShapeDtypeStruct((1, frames, crop, crop, 3), jnp.float32)
+    trunk = jax.eval_shape(lambda s, x: nnx.merge(graphdef, s)._trunk(x), state, x)
+    assert trunk.shape[1:4] == kernel

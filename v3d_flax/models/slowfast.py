@@ -19,6 +19,9 @@ SLOW_CONV_A_T = (1, 1, 3, 3)  # temporal kernel of conv_a in res2..res5, slow pa
 FAST_CONV_A_T = (3, 3, 3, 3)
 DEPTHS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
 ALPHA = 4  # frame-rate ratio fast / slow of the published models
+# PyTorchVideo's hub SlowFast heads average with these fixed stride-1 kernels (built for 8/32 x 224);
+# pass them as head_pool_kernels to reproduce its outputs exactly at other sizes (its 256 test crops).
+PYTORCHVIDEO_HEAD_POOL_KERNELS = ((8, 7, 7), (32, 7, 7))
 
 
 def slow_indices(num_frames: int, alpha: int = ALPHA) -> np.ndarray:
@@ -162,9 +165,11 @@ class Head(nnx.Module):
 class SlowFast(nnx.Module):
     """Two-pathway ResNet (slow: few frames, wide; fast: `alpha` x frames, `beta_inv` x thinner).
 
-    Called on a (slow, fast) pair of NDHWC clips. `head_pool_kernels=None` averages each pathway's
-    last map globally (any clip size); PyTorchVideo's hub models use fixed stride-1 kernels
-    ((8, 7, 7), (32, 7, 7)) (pass them to reproduce its outputs at other sizes, e.g. 256 crops).
+    Called on a (slow, fast) pair of NDHWC clips, or on one clip (the fast pathway), which is split
+    with `pack_pathways` as PyTorchVideo's transform does. `head_pool_kernels=None` averages each
+    pathway's last map globally (any clip size); PyTorchVideo's hub models use fixed stride-1
+    kernels `PYTORCHVIDEO_HEAD_POOL_KERNELS` (pass them to reproduce its outputs at other sizes,
+    e.g. its 256 test crops).
     """
 
     def __init__(self, *, depth: int = 50, num_classes: int = 400, alpha: int = ALPHA, beta_inv: int = 8,
@@ -192,9 +197,11 @@ class SlowFast(nnx.Module):
         self.blocks = nnx.List(blocks)
 
     def _check(self, x):
+        if getattr(x, "ndim", None) == 5:  # one clip, as a generic training loop feeds it: pack it
+            x = pack_pathways(x, self.alpha)
         if not isinstance(x, (tuple, list)) or len(x) != 2:
-            raise ValueError("SlowFast expects a (slow, fast) pair of NDHWC clips (see pack_pathways), "
-                             f"got {type(x).__name__}")
+            raise ValueError("SlowFast expects a (slow, fast) pair of NDHWC clips, or one NDHWC clip that "
+                             f"pack_pathways splits, got {getattr(x, 'shape', type(x).__name__)}")
         slow, fast = x
         check_video_input(slow, channels=self.in_channels, name="SlowFast (slow pathway)")
         check_video_input(fast, channels=self.in_channels, name="SlowFast (fast pathway)")

@@ -16,6 +16,11 @@ from flax import nnx
 
 from v3d_flax.layers import BatchNorm, Conv3d, Linear, ReLU, Sequential, avg_pool3d, check_video_input
 
+# PyTorchVideo's X3D head pools with a stride-1 kernel fixed by the clip it was built for,
+# (T, ceil(crop / 32), ceil(crop / 32)); pass it as head_pool_kernel to reproduce its outputs at
+# larger test crops (its recipes test XS/S at 182, M at 256).
+PYTORCHVIDEO_HEAD_POOL_KERNEL = {"x3d_xs": (4, 5, 5), "x3d_s": (13, 5, 5), "x3d_m": (16, 7, 7), "x3d_l": (16, 10, 10)}
+
 
 def round_width(width: float, multiplier: float, min_width: int = 8, divisor: int = 8) -> int:
     """PyTorchVideo's channel rounding: width * multiplier to a multiple of divisor, not below 90%."""
