@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tensorflow_datasets as tfds
+from etils import epath
 
 from v3d_flax import data
 from v3d_flax.data import synthetic
@@ -229,3 +231,71 @@ def test_ucf101_not_prepared_says_how_to_prepare_it(tmp_path):
     assert not any(tmp_path.iterdir())  # nothing was downloaded or written
     with pytest.raises(ValueError, match="unknown tfds dataset 'no_such_video_dataset'"):
         data.dataset_info("no_such_video_dataset", data_dir=tmp_path)
+
+
+class V3dTestVideos(tfds.core.GeneratorBasedBuilder):
+    """A generic tfds video dataset: PNG-encoded `Video` frames of varying length, 3 classes, a validation split.
+
+    Frame t of every video is one flat grey level, 20 t + 5 label, so a clip's frames say which ones were read.
+    """
+
+    VERSION = tfds.core.Version("0.1.0")
+
+    @tfds.core.utils.classproperty
+    @classmethod
+    def code_path(cls):
+        return epath.Path(__file__)
+
+    def _info(self):
+        return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+            "clip": tfds.features.Video(shape=(None, 20, 28, 3), encoding_format="png"),
+            "action": tfds.features.ClassLabel(names=["wave", "jump", "run"]), "fps": np.int32}))
+
+    def _split_generators(self, dl_manager):
+        return {"train": self._generate_examples(9), "validation": self._generate_examples(4)}
+
+    def _generate_examples(self, count):
+        for i in range(count):
+            label, length = i % 3, 8 + i % 3
+            frames = np.broadcast_to((20 * np.arange(length) + 5 * label).astype(np.uint8)[:, None, None, None],
+                                     (length, 20, 28, 3))
+            yield i, {"clip": np.ascontiguousarray(frames), "action": label, "fps": 25}
+
+
+class V3dTestImages(V3dTestVideos):
+    """No video feature: refused with a message naming the features it has."""
+
+    def _info(self):
+        return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+            "image": tfds.features.Image(shape=(8, 8, 3)), "label": tfds.features.ClassLabel(num_classes=2)}))
+
+    def _generate_examples(self, count):
+        for i in range(count):
+            yield i, {"image": np.zeros((8, 8, 3), np.uint8), "label": i % 2}
+
+
+def test_any_tfds_video_dataset_with_a_class_label_works(tmp_path):
+    V3dTestVideos(data_dir=tmp_path).download_and_prepare()
+    info = data.dataset_info("v3d_test_videos", data_dir=tmp_path)
+    assert (info.num_classes, info.num_train, info.num_eval, info.eval_split) == (3, 9, 4, "validation")
+    assert (info.video_key, info.label_key, info.hflip_label_map) == ("clip", "action", None)
+    batch = next(data.train_batches("v3d_test_videos", data_dir=tmp_path, global_batch_size=4, num_frames=4,
+                                    crop_size=16, model_name="i3d", seed=0))
+    assert batch["video"].shape == (4, 4, 16, 16, 3)
+    # Every clip is 4 consecutive frames of its video: grey levels 20 t + 5 label for t = start .. start + 3.
+    levels = np.round((batch["video"][:, :, 8, 8, 0] + 1) / 2 * 255)
+    starts = (levels[:, 0] - 5 * batch["label"]) / 20
+    assert np.array_equal(levels, 20 * (starts[:, None] + np.arange(4)) + 5 * batch["label"][:, None])
+    # Evaluation: 2 uniformly spaced clips per video; a clip longer than a video repeats its last frame.
+    views = list(data.eval_batches("v3d_test_videos", data_dir=tmp_path, batch_size=8, num_frames=10,
+                                   crop_size=16, model_name="i3d", clips=2))
+    first = np.round((views[0]["video"][0, :, 8, 8, 0] + 1) / 2 * 255)  # video 0: 8 frames, label 0
+    assert np.array_equal(first, np.minimum(np.arange(10), 7) * 20)
+    short = list(data.eval_batches("v3d_test_videos", data_dir=tmp_path, batch_size=2, num_frames=4, crop_size=16,
+                                   model_name="i3d", clips=2))
+    clip0, clip1 = (np.round((short[0]["video"][j, :, 8, 8, 0] + 1) / 2 * 255) / 20 for j in (0, 1))
+    assert clip0[0] == 1 and clip1[0] == 3  # free range 0..4 of an 8-frame video: starts at 1/4 and 3/4
+
+    V3dTestImages(data_dir=tmp_path).download_and_prepare()
+    with pytest.raises(ValueError, match=r"needs a video feature .* it has: image: Image"):
+        data.dataset_info("v3d_test_images", data_dir=tmp_path)
