@@ -152,6 +152,15 @@ def test_horizontal_flip_mirrors_the_clip_and_maps_the_label(data_dir):
     assert np.array_equal(flipped["video"][~mirrored], plain["video"][~mirrored])
 
 
+def test_array_record_files_give_the_same_batches_as_tfrecord(data_dir, tmp_path):
+    synthetic.V3dSyntheticMotion(config="tiny", data_dir=tmp_path, file_format="array_record").download_and_prepare()
+    assert data.open_source(TINY, tmp_path)._file_format == "array_record"
+    kw = dict(global_batch_size=8, seed=0, start_step=9, **CLIP)
+    a = next(data.train_batches(TINY, data_dir=tmp_path, **kw))
+    b = next(data.train_batches(TINY, data_dir=data_dir, **kw))
+    assert np.array_equal(a["video"], b["video"]) and np.array_equal(a["label"], b["label"])
+
+
 # --- evaluation -------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("clips,crops,processes", [(1, 1, 1), (2, 3, 1), (2, 3, 2)])

@@ -39,8 +39,11 @@ _PREPARE_NOTES = {
 }
 
 
-class DatasetNotPreparedError(FileNotFoundError):
-    """The dataset's prepared files are not in the data directory; the message says how to prepare them."""
+class DatasetNotPreparedError(FileNotFoundError, ValueError):
+    """The dataset's prepared files are not in the data directory; the message says how to prepare them.
+
+    Also a ValueError: like a bad flag, it is a setting (--dataset / --data-dir) the user must fix.
+    """
 
 
 @dataclasses.dataclass(frozen=True)
