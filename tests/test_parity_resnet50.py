@@ -27,12 +27,16 @@ def _eval_pair(tm, fm, x):
 
 
 # 64x64 leaves res5 a 2x2 map; batch 2 keeps train-mode BN statistics well-conditioned everywhere.
-@pytest.mark.parametrize("name,shape", [
-    ("i3d_r50", (2, 3, 4, 64, 64)),  # 5x7x7 stem, 3-1 alternating conv_a, (2, 1, 1) pool as blocks.2
-    ("r2plus1d_r50", (2, 3, 4, 64, 64)),  # temporal-first (2+1)D conv_b, temporal strides in res4/res5
+# R(2+1)D-50's train-mode forward (98 BN layers on small batches) is ill-conditioned in float32 at any
+# clip size affordable here: torch's own float32 output sits 3.4e-4 (relative) from its float64 one
+# at this shape (1.5e-4 at 96x96), so its float32 train output gets 1e-3; the float64 input-gradient
+# check (1e-6, measured ~3e-12) still pins the train-mode forward and backward exactly.
+@pytest.mark.parametrize("name,shape,tol", [
+    ("i3d_r50", (2, 3, 4, 64, 64), 1e-4),  # 5x7x7 stem, 3-1 alternating conv_a, (2, 1, 1) pool as blocks.2
+    ("r2plus1d_r50", (2, 3, 4, 64, 64), 1e-3),  # temporal-first (2+1)D conv_b, temporal strides in res4/res5
 ])
-def test_full_parity(name, shape):
-    check_parity(name, shape)
+def test_full_parity(name, shape, tol):
+    check_parity(name, shape, tol=tol)
 
 
 @pytest.mark.parametrize("name,shape,features", [
