@@ -129,3 +129,5 @@ def test_pytorchvideo_head_kernels_fit_224_and_slide_at_256():
 
     assert pooled_shape(224) == (1, 1, 1, 1, 2304)  # one window: global pooling
     assert pooled_shape(256) == (1, 1, 2, 2, 2304)  # PyTorchVideo's 256 test crops: 2x2 overlapping windows
+    with pytest.raises(ValueError, match="exceed the final maps"):
+        pooled_shape(192)

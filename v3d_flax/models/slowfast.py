@@ -148,7 +148,14 @@ class PoolConcatPathway(nnx.Module):
         if self.pool_kernels is None:
             pooled = [jnp.mean(xi, axis=(1, 2, 3), keepdims=True) for xi in x]
         else:
+            maps = [tuple(xi.shape[1:4]) for xi in x]
+            if any(k > n for m, kernel in zip(maps, self.pool_kernels) for k, n in zip(kernel, m)):
+                raise ValueError(f"SlowFast head_pool_kernels {self.pool_kernels} exceed the final maps {maps}; "
+                                 "use bigger clips or head_pool_kernels=None (global pooling)")
             pooled = [avg_pool3d(xi, k, 1) for xi, k in zip(x, self.pool_kernels)]
+            if len({p.shape[1:4] for p in pooled}) != 1:
+                raise ValueError(f"SlowFast head_pool_kernels {self.pool_kernels} pool the final maps {maps} "
+                                 f"to different sizes {[p.shape[1:4] for p in pooled]}")
         return jnp.concatenate(pooled, axis=-1)
 
 
