@@ -51,6 +51,21 @@ def build_model(name: str, num_classes: int, recipe=None, *, seed: int = 0) -> n
     return create_model(name, num_classes=num_classes, rngs=nnx.Rngs(seed), **_model_kwargs(name, recipe))
 
 
+def blank_model(name: str, num_classes: int, recipe=None) -> nnx.Module:
+    """`build_model` without the random initialisation (arrays of zeros), for weights about to be loaded:
+    initialising a large model's weights costs seconds on a CPU."""
+    graphdef, abstract = nnx.split(nnx.eval_shape(lambda: build_model(name, num_classes, recipe)))
+
+    def zeros(x):
+        if jax.numpy.issubdtype(x.dtype, jax.dtypes.prng_key):
+            return jax.numpy.broadcast_to(jax.random.key(0), x.shape)
+        return np.zeros(x.shape, x.dtype)  # numpy: no per-shape XLA compilation
+
+    model = nnx.merge(graphdef, jax.tree.map(zeros, abstract))
+    model.arch = name
+    return model
+
+
 def flax_state(model: nnx.Module) -> dict[str, np.ndarray]:
     """The model's parameters and batch statistics as {"/"-joined NNX path: numpy array}."""
     state = nnx.state(model, _WEIGHTS)
@@ -94,13 +109,14 @@ def _flatten(tree, prefix=()) -> dict[str, np.ndarray]:
 
 
 def _orbax_step_dir(path: str) -> str:
-    """Resolve a training workdir (its newest checkpoint) or a step directory to an orbax item root."""
-    ckpt = os.path.join(path, "checkpoints")
-    if os.path.isdir(ckpt):
-        steps = sorted((int(d) for d in os.listdir(ckpt) if d.isdigit()), reverse=True)
-        if not steps:
-            raise CheckpointError(f"{path}: training workdir without checkpoints")
-        return os.path.join(ckpt, str(steps[0]))
+    """Resolve a training workdir (its newest checkpoint), its checkpoints/ or best/ directory, or a step
+    directory to the directory that holds the orbax items."""
+    if os.path.isdir(os.path.join(path, "state")):
+        return path
+    for root in (os.path.join(path, "checkpoints"), path):
+        steps = sorted((int(d) for d in os.listdir(root) if d.isdigit()), reverse=True) if os.path.isdir(root) else []
+        if steps:
+            return os.path.join(root, str(steps[0]))
     return path
 
 
@@ -113,8 +129,9 @@ def read_flax_checkpoint(path: str | os.PathLike) -> tuple[dict[str, np.ndarray]
         with safe_open(path, framework="numpy") as f:
             meta = dict(f.metadata() or {})
             flat = {k: f.get_tensor(k) for k in f.keys()}
-        if "num_classes" in meta:
-            meta["num_classes"] = int(meta["num_classes"])
+        for key in ("num_classes", "num_frames", "crop_size"):
+            if key in meta:
+                meta[key] = int(meta[key])
         return flat, meta
     import orbax.checkpoint as ocp
 
@@ -140,6 +157,10 @@ def read_flax_checkpoint(path: str | os.PathLike) -> tuple[dict[str, np.ndarray]
         flat = _flatten(state)
     if "model" in meta and "arch" not in meta:
         meta["arch"] = meta["model"]
+    config = meta.get("config") if isinstance(meta.get("config"), dict) else {}
+    for key in ("num_frames", "crop_size"):  # the clip a C3D checkpoint was built for (training config)
+        if key not in meta and config.get(key):
+            meta[key] = config[key]
     return flat, meta
 
 
@@ -198,11 +219,15 @@ def load_model(name: str, path: str | os.PathLike, *, source: str = "v3d", num_c
         flat, meta = read_flax_checkpoint(path)
         if meta.get("arch") and meta["arch"] != name:
             raise CheckpointError(f"{path} holds a {meta['arch']!r} checkpoint, not {name!r}")
+        if recipe is None and meta.get("num_frames") and meta.get("crop_size"):
+            from v3d_flax.video import Recipe
+
+            size = int(meta["crop_size"])
+            recipe = Recipe(frames=int(meta["num_frames"]), rate=1, resize=size, crop=size)
         shapes = {k: v.shape for k, v in flat.items()}
         num_classes = num_classes or meta.get("num_classes") or infer_num_classes(name, shapes, kind="flax",
                                                                                    recipe=recipe)
-        model = build_model(name, int(num_classes), recipe)
-        model.arch = name
+        model = blank_model(name, int(num_classes), recipe)
         assign_flax_state(model, flat)
     else:
         try:
@@ -215,9 +240,10 @@ def load_model(name: str, path: str | os.PathLike, *, source: str = "v3d", num_c
             renamed = rename_keys(state, source, name)
             num_classes = infer_num_classes(name, {k: v.shape for k, v in renamed.items()}, kind="torch",
                                             recipe=recipe)
-        model = build_model(name, int(num_classes), recipe)
-        model.arch = name
+        model = blank_model(name, int(num_classes), recipe)
         from_torch(model, state, source=source, strict=True)
+    _, state = nnx.split(model)
+    nnx.update(model, jax.tree.map(jax.numpy.asarray, state))  # host zeros filled in place -> device arrays
     model.eval()
     return model
 
@@ -238,6 +264,23 @@ def _recipe_of(model):
     if hasattr(model, "num_frames") and hasattr(model, "crop_size"):
         return Recipe(frames=model.num_frames, rate=1, resize=model.crop_size, crop=model.crop_size)
     return None
+
+
+def _in_reference_order(model: nnx.Module, state: dict) -> dict:
+    """`state` with its keys in the order v3d_torch_ref's state_dict() lists them (built on the meta
+    device, no memory); unchanged when there is no reference twin or the keys differ."""
+    import torch
+
+    from v3d_torch_ref import registry as torch_registry
+
+    arch = getattr(model, "arch", None)
+    try:
+        kwargs = {k: getattr(model, k) for k in ("num_frames", "crop_size") if hasattr(model, k)}
+        with torch.device("meta"):
+            keys = list(torch_registry.create_model(arch, num_classes=_num_classes(model), **kwargs).state_dict())
+    except Exception:  # no reference for this name: keep the Flax traversal order
+        return state
+    return {k: state[k] for k in keys} if sorted(keys) == sorted(state) else state
 
 
 def _check_destination(dest: str, force: bool) -> None:
@@ -266,7 +309,8 @@ def save_checkpoint(model: nnx.Module, dest: str | os.PathLike, *, force: bool =
     _check_destination(dest, force)
     parent = os.path.dirname(os.path.abspath(dest))
     arch = getattr(model, "arch", None)
-    meta = {"format": FORMAT, "arch": arch or "", "num_classes": _num_classes(model) if arch else None}
+    meta = {"format": FORMAT, "arch": arch or "", "num_classes": _num_classes(model) if arch else None,
+            "num_frames": getattr(model, "num_frames", None), "crop_size": getattr(model, "crop_size", None)}
     if dest.endswith(TORCH_SUFFIXES) or dest.endswith(".safetensors"):
         fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(dest)}.", suffix=".tmp", dir=parent)
         os.close(fd)
@@ -274,13 +318,13 @@ def save_checkpoint(model: nnx.Module, dest: str | os.PathLike, *, force: bool =
             if dest.endswith(".safetensors"):
                 from safetensors.numpy import save_file
 
-                save_file({k: np.require(v, requirements='C') for k, v in flax_state(model).items()}, tmp,
+                save_file({k: np.require(v, requirements="C") for k, v in flax_state(model).items()}, tmp,
                           metadata={k: str(v) for k, v in meta.items() if v is not None})
                 kind = "flax-safetensors"
             else:
                 import torch
 
-                torch.save(to_torch(model), tmp)
+                torch.save(_in_reference_order(model, to_torch(model)), tmp)
                 kind = "torch"
             umask = os.umask(0)
             os.umask(umask)
@@ -299,7 +343,6 @@ def save_checkpoint(model: nnx.Module, dest: str | os.PathLike, *, force: bool =
         state = nnx.to_pure_dict(nnx.state(model, _WEIGHTS))
         ckptr = ocp.Checkpointer(ocp.CompositeCheckpointHandler())
         ckptr.save(tmp, ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
-        ckptr.wait_until_finished() if hasattr(ckptr, "wait_until_finished") else None
         _atomic_place(tmp, dest)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
