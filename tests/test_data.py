@@ -308,3 +308,17 @@ def test_any_tfds_video_dataset_with_a_class_label_works(tmp_path):
     V3dTestImages(data_dir=tmp_path).download_and_prepare()
     with pytest.raises(ValueError, match=r"needs a video feature .* it has: image: Image"):
         data.dataset_info("v3d_test_images", data_dir=tmp_path)
+
+
+def test_concurrent_processes_build_the_embedded_dataset_once(tmp_path):
+    import subprocess
+    import sys
+
+    code = ("import sys; from v3d_flax import data; "
+            f"i = data.dataset_info({TINY!r}, data_dir=sys.argv[1]); print(i.num_train, i.num_eval)")
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [err[-2000:] for _, err in outs]
+    assert [out.split() for out, _ in outs] == [["64", "16"], ["64", "16"]]
+    assert len(list(tmp_path.rglob("*.tfrecord*"))) == 2 and not list(tmp_path.rglob("*incomplete*"))

@@ -19,6 +19,7 @@ import dataclasses
 import functools
 import os
 import struct
+import sys
 import threading
 
 import numpy as np
@@ -111,10 +112,13 @@ def _build_embedded(builder, root: str) -> None:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             if not builder.is_prepared():
+                print(f"building the embedded dataset {builder.name}/{builder.builder_config.name} in {root} "
+                      "(once, a few seconds)", file=sys.stderr, flush=True)
                 tfds.disable_progress_bar()
                 try:
-                    builder.download_and_prepare(
-                        download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+                    with contextlib.redirect_stdout(sys.stderr):  # keep tfds's chatter off stdout
+                        builder.download_and_prepare(
+                            download_config=tfds.download.DownloadConfig(try_download_gcs=False))
                 finally:
                     tfds.enable_progress_bar()
         finally:
@@ -147,6 +151,7 @@ def _source(name: str, root: str) -> "Source":
         if _base_name(name) not in EMBEDDED:
             raise DatasetNotPreparedError(not_prepared_message(name, root, builder))
         _build_embedded(builder, root)
+        builder = _builder(name, root)  # another process may have built it: read the split sizes from disk
     return Source(name, builder)
 
 
