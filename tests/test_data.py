@@ -322,3 +322,12 @@ def test_concurrent_processes_build_the_embedded_dataset_once(tmp_path):
     assert [p.returncode for p in procs] == [0, 0], [err[-2000:] for _, err in outs]
     assert [out.split() for out, _ in outs] == [["64", "16"], ["64", "16"]]
     assert len(list(tmp_path.rglob("*.tfrecord*"))) == 2 and not list(tmp_path.rglob("*incomplete*"))
+
+
+def test_data_cli_describes_a_prepared_dataset_and_explains_a_missing_one(data_dir, tmp_path, capsys):
+    from v3d_flax.data.__main__ import main
+
+    assert main(["info", TINY, "--data-dir", data_dir]) == 0
+    assert "8 classes, 64 training videos (train), 16 evaluation videos (test)" in capsys.readouterr().out
+    assert main(["info", "ucf101", "--data-dir", str(tmp_path)]) == 1
+    assert "python -m v3d_flax.data prepare ucf101 --data-dir DIR" in capsys.readouterr().err
