@@ -17,8 +17,6 @@ from flax import nnx
 
 from v3d_flax import features as features_cli
 from v3d_flax import predict as predict_cli
-from v3d_flax.port import from_torch
-from v3d_flax.registry import create_model
 from v3d_flax.video import (RECIPES, Recipe, VideoError, clip_indices, crop_offsets, decode_frames, find_videos,
                             load_views, preprocess, probe, recipe_for, resized_size)
 from v3d_torch_ref.registry import create_model as create_torch_model
@@ -91,11 +89,22 @@ def r3d_weights(tmp_path_factory):
     return str(path), model.state_dict()
 
 
-def api_model(name, state_dict, num_classes, **kw):
-    model = create_model(name, num_classes=num_classes, rngs=nnx.Rngs(1), **kw)
-    from_torch(model, state_dict)
-    model.eval()
-    return model
+def api_model(weights, name, recipe):
+    """The Python API's path: load the checkpoint into the model (bit-exactness of that is tested in
+    test_cli_convert.py), in eval mode."""
+    from v3d_flax.convert import load_model
+
+    return load_model(name, weights, recipe=recipe)
+
+
+@nnx.jit
+def api_probs(model, views):
+    return jax.nn.softmax(model(views), axis=-1)
+
+
+@nnx.jit(static_argnames="layer")
+def api_features(model, views, layer=None):
+    return model.forward_features(views, **({"layer": layer} if layer else {}))
 
 
 # ------------------------------------------------------------------------------------------------ video
@@ -195,7 +204,7 @@ def test_class_name_lists():
 
 
 def test_predict_cli_equals_api_and_reports_bad_files(videos, r3d_weights, capsys):
-    path, state_dict = r3d_weights
+    path = r3d_weights[0]
     files = [videos["mp4"], videos["corrupt"], videos["avi"], videos["text"], videos["webm"], videos["short"]]
     with jax.default_matmul_precision("float32"):
         rc = predict_cli.main(["--model", "r3d_18", "--weights", path, *TINY, "--top-k", "3", "--json", *files])
@@ -207,11 +216,11 @@ def test_predict_cli_equals_api_and_reports_bad_files(videos, r3d_weights, capsy
         for name in ("corrupt.mp4", "notes.avi", "short.mp4"):
             assert name in err
         ucf = predict_cli.load_class_names("ucf101", 101)
-        model = api_model("r3d_18", state_dict, 101)
         recipe = recipe_for("r3d_18", frames=4, rate=2, resize=32, crop=32)
+        model = api_model(path, "r3d_18", recipe)
         for result in report["results"]:
             views = load_views(result["file"], "r3d_18", recipe, clips=2, crops=1)
-            probs = np.asarray(jax.nn.softmax(model(jnp.asarray(views)), axis=-1)).mean(axis=0)
+            probs = np.asarray(api_probs(model, jnp.asarray(views))).mean(axis=0)
             expected = np.argsort(-probs, kind="stable")[:3]
             assert [e["index"] for e in result["top_k"]] == expected.tolist()
             assert [e["label"] for e in result["top_k"]] == [ucf[i] for i in expected]
@@ -255,10 +264,10 @@ def test_features_cli_writes_index_and_equals_api(videos, r3d_weights, tmp_path,
         assert data["files"].tolist() == [videos["avi"], videos["mp4"], videos["webm"]]
         assert sorted(data["failed"].tolist()) == sorted([videos["corrupt"], videos["text"], videos["short"]])
         assert data["features"].shape == (3, 512) and str(data["model"]) == "r3d_18"
-        model = api_model("r3d_18", r3d_weights[1], 101)
         recipe = recipe_for("r3d_18", frames=4, rate=2, resize=32, crop=32)
+        model = api_model(r3d_weights[0], "r3d_18", recipe)
         for row, f in zip(data["features"], data["files"]):
-            expected = np.asarray(model.forward_features(jnp.asarray(load_views(str(f), "r3d_18", recipe, clips=2))))
+            expected = np.asarray(api_features(model, jnp.asarray(load_views(str(f), "r3d_18", recipe, clips=2))))
             np.testing.assert_allclose(row, expected.mean(axis=0), rtol=1e-5, atol=1e-6)
     assert "corrupt.mp4" in capsys.readouterr().err
     before = out.read_bytes()
@@ -278,10 +287,10 @@ def test_features_cli_c3d_fc6(videos, tmp_path):
         assert features_cli.main([*args, "--layer", "fc6"]) == 0
         data = np.load(out)
         assert data["features"].shape == (1, 4096) and str(data["layer"]) == "fc6"
-        model = api_model("c3d", ref.state_dict(), 5, num_frames=16, crop_size=32)
-        views = load_views(videos["mp4"], "c3d", recipe_for("c3d", resize=40, crop=32), clips=1)
-        np.testing.assert_allclose(data["features"][0], np.asarray(model.forward_features(jnp.asarray(views),
-                                                                                          layer="fc6"))[0],
+        recipe = recipe_for("c3d", resize=40, crop=32)
+        model = api_model(str(weights), "c3d", recipe)
+        views = load_views(videos["mp4"], "c3d", recipe, clips=1)
+        np.testing.assert_allclose(data["features"][0], np.asarray(api_features(model, jnp.asarray(views), "fc6"))[0],
                                    rtol=1e-5, atol=1e-5)
     with pytest.raises(SystemExit) as e:
         features_cli.main(["--model", "r3d_18", "--weights", str(weights), "--layer", "fc6", "--out", "x.npz", "v"])
