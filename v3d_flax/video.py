@@ -239,7 +239,12 @@ def load_views(path: str | os.PathLike, model_name: str, recipe: Recipe | None =
     views = np.stack([frames[inverse.reshape(idx.shape)[k]][:, y:y + c, x:x + c]
                       for k in range(clips) for (y, x) in corners])
     if recipe.pathways == 2:
-        return [subsample_uniform(views, max(1, recipe.frames // recipe.alpha)), views]
+        try:  # the model family's own packing, when it provides one
+            from v3d_flax.models.slowfast import pack_pathways
+        except ImportError:
+            return [subsample_uniform(views, max(1, recipe.frames // recipe.alpha)), views]
+        slow, fast = pack_pathways(views, recipe.alpha)
+        return [np.asarray(slow), np.asarray(fast)]
     return views
 
 
