@@ -68,6 +68,10 @@ def videos(tmp_path_factory):
            "webm": encode(d / "clip.webm", "libvpx", frames), "short": encode(d / "short.mp4", "libx264", frames[:6])}
     data = open(out["mp4"], "rb").read()
     (d / "corrupt.mp4").write_bytes(data[: len(data) // 2])
+    garbled = bytearray(data)  # opens (the index is intact) but the frame data is noise
+    garbled[1000:2500] = np.random.default_rng(0).integers(0, 256, 1500, dtype=np.uint8).tobytes()
+    (d / "garbled.mp4").write_bytes(bytes(garbled))
+    out["garbled"] = str(d / "garbled.mp4")
     (d / "notes.avi").write_text("this is not a video\n")
     out["corrupt"], out["text"] = str(d / "corrupt.mp4"), str(d / "notes.avi")
     out["frames"] = frames
@@ -175,7 +179,8 @@ def test_every_registered_model_has_a_recipe_and_normalisation():
 
 
 @pytest.mark.parametrize("kind, message", [("short", "too short: the video has 6 frames"),
-                                           ("corrupt", "not a readable video"), ("text", "not a readable video")])
+                                           ("corrupt", "not a readable video"), ("text", "not a readable video"),
+                                           ("garbled", "corrupt video, decoding failed")])
 def test_bad_files_raise_video_error_naming_the_file(videos, kind, message):
     with pytest.raises(VideoError, match=message) as e:
         load_views(videos[kind], "r3d_18", recipe_for("r3d_18", frames=8, resize=32, crop=32), clips=1)
@@ -187,8 +192,8 @@ def test_bad_files_raise_video_error_naming_the_file(videos, kind, message):
 def test_find_videos_expands_directories(videos, tmp_path):
     d = os.path.dirname(videos["mp4"])
     found = find_videos([d, videos["text"]])
-    assert [os.path.basename(f) for f in found] == ["clip.avi", "clip.mp4", "clip.webm", "corrupt.mp4", "notes.avi",
-                                                    "short.mp4", "notes.avi"]
+    assert [os.path.basename(f) for f in found] == ["clip.avi", "clip.mp4", "clip.webm", "corrupt.mp4", "garbled.mp4",
+                                                    "notes.avi", "short.mp4", "notes.avi"]
 
 
 # ------------------------------------------------------------------------------------------------ predict
@@ -259,10 +264,11 @@ def test_features_cli_writes_index_and_equals_api(videos, r3d_weights, tmp_path,
     with jax.default_matmul_precision("float32"):
         rc = features_cli.main(["--model", "r3d_18", "--weights", r3d_weights[0], *TINY, "--no-progress",
                                 "--out", str(out), d])
-        assert rc == 1  # the directory holds a corrupt, a non-video and a too-short file
+        assert rc == 1  # the directory holds a truncated, a garbled, a non-video and a too-short file
         data = np.load(out)
         assert data["files"].tolist() == [videos["avi"], videos["mp4"], videos["webm"]]
-        assert sorted(data["failed"].tolist()) == sorted([videos["corrupt"], videos["text"], videos["short"]])
+        assert sorted(data["failed"].tolist()) == sorted([videos["corrupt"], videos["garbled"], videos["text"],
+                                                          videos["short"]])
         assert data["features"].shape == (3, 512) and str(data["model"]) == "r3d_18"
         recipe = recipe_for("r3d_18", frames=4, rate=2, resize=32, crop=32)
         model = api_model(r3d_weights[0], "r3d_18", recipe)

@@ -19,8 +19,8 @@ import tempfile
 import numpy as np
 from tqdm import tqdm
 
-from v3d_flax.predict import add_model_arguments, load_predictor, recipe_from_args
-from v3d_flax.video import VideoError, find_videos, load_views
+from v3d_flax.predict import add_model_arguments, file_error, load_predictor, recipe_from_args
+from v3d_flax.video import find_videos, load_views
 
 C3D_LAYERS = ("fc6", "fc7")
 
@@ -92,10 +92,10 @@ def main(argv=None) -> int:
         try:
             rows.append(video_features(predictor, path, args.model, recipe, clips=args.clips, crops=args.crops))
             done.append(path)
-        except VideoError as e:
+        except Exception as e:  # one bad file must not stop the others
             failed.append(path)
-            errors.append(str(e))
-            tqdm.write(f"error: {e}", file=sys.stderr)
+            errors.append(file_error(path, e))
+            tqdm.write(f"error: {errors[-1]}", file=sys.stderr)
     features = np.stack(rows).astype(np.float32) if rows else np.zeros((0, 0), np.float32)
     try:
         save_npz(args.out, {"features": features, "files": np.array(done, dtype=str),

@@ -105,6 +105,13 @@ def predict_video(predictor: Predictor, path: str, model_name: str, recipe: Reci
     return average_probabilities(predictor.logits(load_views(path, model_name, recipe, clips=clips, crops=crops)))
 
 
+def file_error(path: str, error: Exception) -> str:
+    """The message for a video that failed: VideoErrors already name the file, anything else gets it."""
+    if isinstance(error, VideoError):
+        return str(error)
+    return f"{path}: {type(error).__name__}: {error}"
+
+
 def top_k(probs: np.ndarray, names: list[str], k: int) -> list[dict]:
     """The k most probable classes as [{"index", "label", "probability"}], best first (ties: lower index)."""
     order = np.argsort(-probs, kind="stable")[:k]
@@ -179,9 +186,10 @@ def main(argv=None) -> int:
     for path in args.videos:
         try:
             probs = predict_video(predictor, path, args.model, recipe, clips=args.clips, crops=args.crops)
-        except VideoError as e:
-            errors.append({"file": path, "error": str(e)})
-            print(f"error: {e}", file=sys.stderr)
+        except Exception as e:  # one bad file must not stop the others
+            message = file_error(path, e)
+            errors.append({"file": path, "error": message})
+            print(f"error: {message}", file=sys.stderr)
             continue
         results.append({"file": path, "top_k": top_k(probs, names, min(args.top_k, len(names)))})
         if not args.json:
