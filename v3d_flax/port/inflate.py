@@ -39,6 +39,26 @@ def _torchvision_resnet_rules(stage_blocks: tuple[int, int, int, int], head_bloc
     return rules
 
 
+# torchvision's GoogLeNet Inception blocks -> I3D's Mixed blocks, and branch modules -> I3D's units.
+_GOOGLENET_BLOCKS = {"3a": "Mixed_3b", "3b": "Mixed_3c", "4a": "Mixed_4b", "4b": "Mixed_4c", "4c": "Mixed_4d",
+                     "4d": "Mixed_4e", "4e": "Mixed_4f", "5a": "Mixed_5b", "5b": "Mixed_5c"}
+_GOOGLENET_BRANCHES = {r"branch1": "b0", r"branch2\.0": "b1a", r"branch2\.1": "b1b", r"branch3\.0": "b2a",
+                       r"branch3\.1": "b2b", r"branch4\.1": "b3b"}
+
+
+def _torchvision_googlenet_rules() -> list[KeyRule]:
+    """torchvision's GoogLeNet (conv1..3 and inceptionXY.branchN as BasicConv2d {conv, bn}, fc) onto
+    I3D's (piergiaj's) names; the auxiliary classifiers aux1/aux2 are dropped."""
+    units = {"conv1": "Conv3d_1a_7x7", "conv2": "Conv3d_2b_1x1", "conv3": "Conv3d_2c_3x3"}
+    for block, mixed in _GOOGLENET_BLOCKS.items():
+        for branch, unit in _GOOGLENET_BRANCHES.items():
+            units[rf"inception{block}\.{branch}"] = f"{mixed}.{unit}"
+    rules: list[KeyRule] = []
+    for src, dst in units.items():
+        rules += [(rf"{src}\.conv\.weight", f"{dst}.conv3d.weight"), (rf"{src}\.bn\.{_BN}", rf"{dst}.bn.\1")]
+    return rules + [(r"fc\.(weight|bias)", r"logits.conv3d.\1"), (r"aux[12]\..*", None)]
+
+
 # source -> [(arch fnmatch pattern, rename rules (2D key -> our 3D torch key; None drops), classifier regex)]
 INFLATE_MAPS: dict[str, list[tuple[str, list[KeyRule], str]]] = {
     # torchvision.models.resnet50 (v1.5: stride on the 3x3 conv, like PyTorchVideo's conv_b).
@@ -47,6 +67,8 @@ INFLATE_MAPS: dict[str, list[tuple[str, list[KeyRule], str]]] = {
         ("c2d_r50", _torchvision_resnet_rules((1, 3, 4, 5), 6), r"blocks\.6\.proj\..*"),
         ("i3d_r50", _torchvision_resnet_rules((1, 3, 4, 5), 6), r"blocks\.6\.proj\..*"),
         ("slow_r50", _torchvision_resnet_rules((1, 2, 3, 4), 5), r"blocks\.5\.proj\..*"),
+        # torchvision.models.googlenet (Inception-v1; its 3x3 "5x5" branch matches I3D's) -> i3d.
+        ("i3d", _torchvision_googlenet_rules(), r"logits\.conv3d\..*"),
     ],
 }
 
@@ -105,6 +127,8 @@ def inflate_state_dict(state_dict_2d: Mapping[str, Any], targets: Mapping[str, t
         value, shape = _numpy(value), tuple(targets[new])
         if value.ndim == 4 and len(shape) == 5 and value.shape == shape[:2] + shape[3:]:
             value = inflate_kernel(value, shape[2])
+        elif value.ndim == 2 and len(shape) == 5 and value.shape == shape[:2] and shape[2:] == (1, 1, 1):
+            value = value.reshape(shape)  # a Linear classifier onto a 1x1x1 conv head (I3D's logits)
         if value.shape != shape:
             mismatched.append(f"{key} -> {new} (2D {value.shape}, model {shape})")
             continue
