@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from v3d_flax.train.mesh import batch_sharding, replicated, to_global
-from v3d_flax.train.steps import make_eval_step, topk_correct
+from v3d_flax.train.steps import make_eval_step
 
 
 def _local_copy(x: jax.Array) -> np.ndarray:
@@ -19,20 +19,14 @@ def _local_copy(x: jax.Array) -> np.ndarray:
 
 def summarise(logits: np.ndarray, labels: np.ndarray, video_index: np.ndarray) -> dict:
     """Clip-level loss/top-1/top-5 and video-level top-1/top-5 (softmax averaged over a video's views)."""
-    logits = jnp.asarray(logits, jnp.float32)
+    from v3d_flax.data import video_metrics
+
+    logits_j = jnp.asarray(logits, jnp.float32)
     labels_j = jnp.asarray(labels, jnp.int32)
-    loss = -jnp.take_along_axis(jax.nn.log_softmax(logits), labels_j[:, None], axis=1).mean()
-    vids, inverse = np.unique(video_index, return_inverse=True)
-    probs = np.asarray(jax.nn.softmax(logits))
-    video_probs = np.zeros((len(vids), probs.shape[1]), np.float64)
-    np.add.at(video_probs, inverse, probs)
-    video_labels = np.zeros(len(vids), np.int32)
-    video_labels[inverse] = labels
-    vp, vl = jnp.asarray(video_probs, jnp.float32), jnp.asarray(video_labels)
-    return {"loss": float(loss), "top1": float(topk_correct(logits, labels_j, 1).mean()),
-            "top5": float(topk_correct(logits, labels_j, 5).mean()),
-            "video_top1": float(topk_correct(vp, vl, 1).mean()), "video_top5": float(topk_correct(vp, vl, 5).mean()),
-            "num_clips": int(len(labels)), "num_videos": int(len(vids))}
+    loss = -jnp.take_along_axis(jax.nn.log_softmax(logits_j), labels_j[:, None], axis=1).mean()
+    m = video_metrics(logits, labels, video_index)
+    return {"loss": float(loss), "top1": m["clip_top1"], "top5": m["clip_top5"], "video_top1": m["video_top1"],
+            "video_top5": m["video_top5"], "num_clips": m["num_clips"], "num_videos": m["num_videos"]}
 
 
 class Evaluator:
