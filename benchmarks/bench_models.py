@@ -1,0 +1,110 @@
+"""Model benchmark: Flax (jitted) against the PyTorch reference, side by side in one process.
+
+    python benchmarks/bench_models.py                      # every registered model, small defaults
+    python benchmarks/bench_models.py --models r3d_18,x3d_xs --clips 8x56x56,16x112x112 --batch 4
+    python benchmarks/bench_models.py --remat-budget-gib 4  # + the --remat batch-size measurement
+    python benchmarks/bench_models.py --device gpu --dtype bf16
+
+For each model and clip size: training-step throughput (SGD, cross-entropy; Flax: one jax.jit over
+the nnx.split state with the state donated) and inference throughput, in clips/s, Flax against
+PyTorch eager (channels_last_3d) and, with --torch-compile, torch.compile. Rounds alternate between
+the frameworks and the table quotes medians and the ratio Flax / PyTorch (>1: Flax is faster).
+FLOPs are XLA's cost analysis of the compiled Flax step (2 per MAC, padded taps skipped); the
+achieved GFLOP/s is compared with a matmul peak measured in the same run. Memory: XLA's compiled
+memory analysis (arguments + temporaries + outputs - aliased) for Flax; torch's peak allocated
+memory on GPU (not tracked for CPU tensors, shown as n/a). Writes results.md, results.json and
+chart.png under --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+import traceback
+
+import numpy as np
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p.add_argument("--models", default="", help="comma-separated names (default: every registered model; 'none': only --remat-budget-gib)")
+    p.add_argument("--clips", default="8x56x56", help="comma-separated TxHxW clip sizes")
+    p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=3, help="alternating timing rounds (median reported)")
+    p.add_argument("--steps", type=int, default=1, help="steps timed per round and framework")
+    p.add_argument("--threads", type=int, default=2, help="torch intra-op threads (CPU)")
+    p.add_argument("--num-classes", type=int, default=400)
+    p.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
+    p.add_argument("--dtype", choices=("float32", "bf16"), default="float32",
+                   help="compute dtype (bf16: mixed precision, float32 master weights, both frameworks)")
+    p.add_argument("--torch-compile", action="store_true", help="also time torch.compile (slow to compile on CPU)")
+    p.add_argument("--no-train", action="store_true", help="inference only")
+    p.add_argument("--remat-budget-gib", type=float, default=0.0,
+                   help="if > 0: largest r3d_18 16x112x112 training batch within this budget, with and without "
+                        "per-block remat, from XLA's memory analysis")
+    p.add_argument("--out", default="benchmarks/results")
+    args = p.parse_args(argv)
+    try:
+        args.clips = [tuple(int(v) for v in c.lower().split("x")) for c in args.clips.split(",")]
+        assert all(len(c) == 3 for c in args.clips)
+    except (ValueError, AssertionError):
+        p.error(f"--clips: expected comma-separated TxHxW sizes such as 8x56x56, got {args.clips!r}")
+    if args.batch < 1 or args.rounds < 1 or args.steps < 1:
+        p.error("--batch, --rounds and --steps must be >= 1")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.device == "cpu":
+        os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    import jax
+    import torch
+
+    from benchmarks import harness
+    from v3d_flax.registry import list_models
+
+    if args.device == "gpu" and (jax.default_backend() != "gpu" or not torch.cuda.is_available()):
+        sys.exit(f"--device gpu: JAX backend is {jax.default_backend()!r}, torch CUDA available: "
+                 f"{torch.cuda.is_available()}; both need a GPU")
+    torch.set_num_threads(args.threads)
+    models = [] if args.models == "none" else args.models.split(",") if args.models else list_models()
+    unknown = sorted(set(models) - set(list_models()))
+    if unknown:
+        sys.exit(f"unknown model(s) {unknown}; available: {', '.join(list_models())}")
+    os.makedirs(args.out, exist_ok=True)
+    machine = harness.describe_machine(args)
+    print(machine, flush=True)
+    peak = harness.matmul_peak(args)
+    print(f"matmul peak ({args.dtype}): JAX {peak['jax'] / 1e9:.0f} GFLOP/s, torch {peak['torch'] / 1e9:.0f} GFLOP/s",
+          flush=True)
+    rows = []
+    for name in models:
+        for clip in args.clips:
+            try:
+                row = harness.bench_model(name, clip, args, peak)
+            except Exception as e:  # one model failing (clip too small for it...) must not stop the run
+                row = {"model": name, "clip": "x".join(map(str, clip)), "error": f"{type(e).__name__}: {e}"}
+                traceback.print_exc(limit=2)
+            rows.append(row)
+            print(harness.format_row(row), flush=True)
+    remat = harness.remat_batches(args) if args.remat_budget_gib > 0 else None
+    report = harness.markdown(rows, machine, peak, args, remat)
+    with open(os.path.join(args.out, "results.md"), "w") as f:
+        f.write(report)
+    with open(os.path.join(args.out, "results.json"), "w") as f:
+        json.dump({"machine": machine, "peak_flops": peak, "rows": rows, "remat": remat,
+                   "args": {k: v for k, v in vars(args).items()}}, f, indent=1)
+    harness.chart(rows, os.path.join(args.out, "chart.png"), machine)
+    print("\n" + report)
+    print(f"wrote {args.out}/results.md, results.json, chart.png")
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    main()
