@@ -1,31 +1,156 @@
 """The 3D convolution every v3d Flax layer calls, with backend-selectable implementations.
 
-`conv3d` takes NDHWC input, a DHWIO kernel and explicit ((lo, hi),) * 3 padding.
+`conv3d` takes NDHWC input, a DHWIO kernel and explicit ((lo, hi),) * 3 padding. Every
+formulation below computes the same function as `lax.conv_general_dilated` (forward and, through
+autodiff, backward); they differ only in speed, which depends on the backend:
+
+- "lax":       one `lax.conv_general_dilated` (XLA's native conv). Default on GPU and TPU.
+- "time2d":    time folded into the batch, one 2D conv per temporal tap, summed. XLA:CPU's 2D conv
+               path is much faster than its 3D one.
+- "im2col":    a (kT*kH*kW*C_in)-wide patch matrix times the kernel; for stride-1 ungrouped convs
+               on tiny spatial maps or 3-channel inputs, where XLA:CPU's conv is pathological.
+- "shift_add": depthwise (groups == C_in) conv as kT*kH*kW shifted multiply-adds; XLA:CPU's
+               `feature_group_count` conv runs such convs hundreds of times slower.
+- "auto":      per backend and shape (see `select_impl`); the default.
+
+The choice is made at trace time: `V3D_CONV_IMPL=<name>` in the environment, or the
+`conv_impl(name)` context manager (which wins over the variable), forces one formulation where it
+applies ("im2col" and "shift_add" fall back to "auto" for convs they do not cover). A jitted
+function already traced keeps the formulation it was traced with.
 """
 
 from __future__ import annotations
+
+import contextlib
+import os
+import threading
 
 import jax
 import jax.numpy as jnp
 
 _DIMENSION_NUMBERS = ("NDHWC", "DHWIO", "NDHWC")
+_DIMENSION_NUMBERS_2D = ("NHWC", "HWIO", "NHWC")
+IMPLS = ("auto", "lax", "time2d", "im2col", "shift_add")
+_override = threading.local()
+
+
+@contextlib.contextmanager
+def conv_impl(name: str):
+    """Force the conv formulation `name` (one of `IMPLS`) for convs traced inside the block."""
+    _check_impl(name, "conv_impl")
+    previous = getattr(_override, "impl", None)
+    _override.impl = name
+    try:
+        yield
+    finally:
+        _override.impl = previous
+
+
+def requested_impl() -> str:
+    """The formulation asked for: the `conv_impl` context, else $V3D_CONV_IMPL, else "auto"."""
+    name = getattr(_override, "impl", None)
+    if name is None:
+        name = os.environ.get("V3D_CONV_IMPL", "auto") or "auto"
+        _check_impl(name, "V3D_CONV_IMPL")
+    return name
+
+
+def _check_impl(name, where):
+    if name not in IMPLS:
+        raise ValueError(f"{where}: unknown conv implementation {name!r}; expected one of {IMPLS}")
 
 
 def conv3d(x: jax.Array, kernel: jax.Array, *, strides, padding, groups: int = 1, dilation=(1, 1, 1)) -> jax.Array:
     """3D convolution, NDHWC x DHWIO -> NDHWC, padding given as three (lo, hi) pairs."""
-    if _use_im2col(x, kernel, strides, groups, dilation):
+    strides, dilation = tuple(int(s) for s in strides), tuple(int(d) for d in dilation)
+    padding = tuple((int(lo), int(hi)) for lo, hi in padding)
+    if x.ndim != 5 or kernel.ndim != 5 or len(strides) != 3 or len(dilation) != 3 or len(padding) != 3:
+        raise ValueError(f"conv3d expects NDHWC x (5D), DHWIO kernel (5D) and 3 strides/dilations/pads; got "
+                         f"x {x.shape}, kernel {kernel.shape}, strides {strides}, dilation {dilation}, "
+                         f"padding {padding}")
+    if x.shape[-1] != kernel.shape[3] * groups or kernel.shape[4] % groups:
+        raise ValueError(f"conv3d: x has {x.shape[-1]} channels, kernel {kernel.shape} with groups={groups} "
+                         f"expects {kernel.shape[3] * groups} and output channels divisible by groups")
+    impl = select_impl(x, kernel, strides=strides, groups=groups, dilation=dilation)
+    args = dict(strides=strides, padding=padding, dilation=dilation)
+    if impl == "shift_add":
+        return conv3d_shift_add(x, kernel, **args)
+    if impl == "im2col":
         return conv3d_im2col(x, kernel, padding=padding)
+    if impl == "time2d":
+        return conv3d_time2d(x, kernel, groups=groups, **args)
+    return conv3d_lax(x, kernel, groups=groups, **args)
+
+
+def select_impl(x, kernel, *, strides, groups, dilation) -> str:
+    """The formulation `conv3d` uses for these operands under the current override and backend."""
+    requested = requested_impl()
+    depthwise = groups > 1 and groups == x.shape[-1]
+    if requested == "shift_add" and depthwise:
+        return "shift_add"
+    if requested == "im2col" and _im2col_applies(strides, groups, dilation):
+        return "im2col"
+    if requested in ("lax", "time2d"):
+        return requested
+    if _platform(x) != "cpu":
+        return "lax"
+    if depthwise:
+        return "shift_add"
+    if _im2col_applies(strides, groups, dilation) and (x.shape[2] * x.shape[3] <= 16 or x.shape[-1] <= 4):
+        return "im2col"
+    return "time2d"
+
+
+def _platform(x) -> str:
+    """The platform x lives on (concrete arrays), else the default backend (under tracing)."""
+    try:
+        return next(iter(x.devices())).platform
+    except Exception:  # tracers have no devices
+        return jax.default_backend()
+
+
+def _im2col_applies(strides, groups, dilation) -> bool:
+    return groups == 1 and tuple(strides) == (1, 1, 1) and tuple(dilation) == (1, 1, 1)
+
+
+def conv3d_lax(x, kernel, *, strides, padding, groups=1, dilation=(1, 1, 1)):
+    """XLA's native 3D convolution."""
     return jax.lax.conv_general_dilated(
         x, kernel, window_strides=tuple(strides), padding=tuple(padding), rhs_dilation=tuple(dilation),
         dimension_numbers=_DIMENSION_NUMBERS, feature_group_count=groups)
 
 
-def _use_im2col(x, kernel, strides, groups, dilation) -> bool:
-    """XLA:CPU's conv is pathological for tiny spatial maps (C3D's conv4/conv5: 2x2 maps ran 50x
-    slower than a matmul) and for 3-channel inputs; a patch matrix times the kernel is fast there."""
-    if jax.default_backend() != "cpu" or groups != 1 or tuple(dilation) != (1, 1, 1) or tuple(strides) != (1, 1, 1):
-        return False
-    return x.shape[2] * x.shape[3] <= 16 or x.shape[-1] <= 4
+def _temporal_taps(x, kt, *, stride, pad, dilation):
+    """For each temporal tap a, the input frames it meets, (B, T_out, H, W, C) each."""
+    xp = jnp.pad(x, ((0, 0), pad, (0, 0), (0, 0), (0, 0))) if pad != (0, 0) else x
+    t_out = (xp.shape[1] - dilation * (kt - 1) - 1) // stride + 1
+    if t_out < 1:
+        raise ValueError(f"conv3d: {x.shape[1]} frames padded by {pad} are fewer than the temporal kernel "
+                         f"extent {dilation * (kt - 1) + 1}")
+    return [jax.lax.slice_in_dim(xp, a * dilation, a * dilation + (t_out - 1) * stride + 1, stride, axis=1)
+            for a in range(kt)], t_out
+
+
+def conv3d_time2d(x, kernel, *, strides, padding, groups=1, dilation=(1, 1, 1)):
+    """3D conv as a sum over temporal taps of 2D convs on the time-folded batch."""
+    kt = kernel.shape[0]
+    taps, t_out = _temporal_taps(x, kt, stride=strides[0], pad=padding[0], dilation=dilation[0])
+    b = x.shape[0]
+    if kernel.shape[1:3] == (1, 1) and groups == 1 and padding[1:] == ((0, 0), (0, 0)):
+        # (kT, 1, 1) kernels: each tap is a plain matmul (XLA:CPU's 1x1 conv is far slower than its dot).
+        sh, sw = strides[1:]
+        out = None
+        for a, xa in enumerate(taps):
+            y = jnp.dot(xa[:, :, ::sh, ::sw], kernel[a, 0, 0])
+            out = y if out is None else out + y
+        return out
+    out = None
+    for a, xa in enumerate(taps):
+        y = jax.lax.conv_general_dilated(
+            xa.reshape(b * t_out, *xa.shape[2:]), kernel[a], window_strides=strides[1:], padding=padding[1:],
+            rhs_dilation=dilation[1:], dimension_numbers=_DIMENSION_NUMBERS_2D, feature_group_count=groups)
+        out = y if out is None else out + y
+    return out.reshape(b, t_out, *out.shape[1:])
 
 
 def conv3d_im2col(x: jax.Array, kernel: jax.Array, *, padding) -> jax.Array:
@@ -36,3 +161,30 @@ def conv3d_im2col(x: jax.Array, kernel: jax.Array, *, padding) -> jax.Array:
     patches = jnp.concatenate([xp[:, a:a + t, b:b + h, c:c + w] for a in range(kt) for b in range(kh)
                                for c in range(kw)], axis=-1)
     return patches @ kernel.reshape(kt * kh * kw * cin, cout)
+
+
+def conv3d_shift_add(x, kernel, *, strides, padding, dilation=(1, 1, 1)):
+    """Depthwise 3D conv (groups == C_in, any channel multiplier) as shifted multiply-adds."""
+    kt, kh, kw, _, cout = kernel.shape
+    cin = x.shape[-1]
+    if kernel.shape[3] != 1 or cout % cin:
+        raise ValueError(f"conv3d_shift_add needs a depthwise kernel (kT, kH, kW, 1, m*C_in); got {kernel.shape} "
+                         f"for {cin} input channels")
+    mult = cout // cin
+    if mult > 1:  # output channel c*mult + j reads input channel c
+        x = jnp.repeat(x, mult, axis=-1)
+    xp = jnp.pad(x, ((0, 0), *padding, (0, 0)))
+    out_shape = [(xp.shape[1 + i] - dilation[i] * (k - 1) - 1) // strides[i] + 1 for i, k in enumerate((kt, kh, kw))]
+    if min(out_shape) < 1:
+        raise ValueError(f"conv3d: input {x.shape} padded by {padding} is smaller than the kernel {kernel.shape[:3]}")
+    w = kernel.reshape(kt, kh, kw, cout).astype(x.dtype)
+    out = None
+    for a in range(kt):
+        for b in range(kh):
+            for c in range(kw):
+                start = (0, a * dilation[0], b * dilation[1], c * dilation[2], 0)
+                limit = (xp.shape[0], *[s + (n - 1) * st + 1 for s, n, st in zip(start[1:4], out_shape, strides)],
+                         cout)
+                term = jax.lax.slice(xp, start, limit, (1, *strides, 1)) * w[a, b, c]
+                out = term if out is None else out + term
+    return out
