@@ -119,6 +119,12 @@ def run(config: TrainConfig) -> dict:
         plot_curves(records, os.path.join(config.workdir, "curves.png"), title=config.model)
         logger.print(format_summary(records, model=config.model, workdir=config.workdir,
                                     seconds=time.time() - t_start))
+    if jax.process_count() > 1:
+        # The first process plots and summarises alone; without this the others reach
+        # jax.distributed's shutdown barrier early and can time out on a loaded machine.
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices("v3d_run_end")
     return result
 
 
