@@ -2,11 +2,18 @@
 
 import json
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# Most of the suite's time is XLA compiling; the train.py subprocesses of one test file compile the
+# same programs again and again. A compilation cache shared by this session and its subprocesses
+# (fresh per session, so nothing leaks between runs) compiles each program once.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="v3d-tests-jax-cache-"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 DATA = Path(__file__).parent / "data"
 
 

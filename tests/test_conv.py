@@ -33,8 +33,23 @@ def _loss(f):
     return lambda x, k: jnp.sum(jnp.sin(f(x, k)))
 
 
-@pytest.mark.parametrize("impl", conv_ops.IMPLS)
-@pytest.mark.parametrize("case", CASES, ids=lambda c: f"x{c[0]}k{c[1]}s{c[2]}g{c[4]}d{c[5]}")
+def _applies(impl, case):
+    """Whether `impl` computes this case itself (otherwise conv3d falls back to another formulation)."""
+    xs, ks, strides, _, groups, dilation = case
+    if impl == "shift_add":
+        return groups > 1 and groups == xs[-1]
+    if impl == "im2col":
+        return groups == 1 and strides == (1, 1, 1) and dilation == (1, 1, 1)
+    return True
+
+
+# Every formulation that is not XLA's own conv, on every case it covers; "auto" as CPU picks it.
+IMPL_CASES = [(impl, case) for impl in ("auto", "time2d", "im2col", "shift_add") for case in CASES
+              if _applies(impl, case)]
+
+
+@pytest.mark.parametrize("impl,case", IMPL_CASES,
+                         ids=[f"{i}-x{c[0]}k{c[1]}s{c[2]}g{c[4]}d{c[5]}" for i, c in IMPL_CASES])
 def test_formulation_equals_lax_forward_and_gradients(impl, case):
     _, _, strides, padding, groups, dilation = case
     x, k = _operands(case)
@@ -42,9 +57,15 @@ def test_formulation_equals_lax_forward_and_gradients(impl, case):
     ref = lambda x, k: conv_ops.conv3d_lax(x, k, **kw)
     with jax.default_matmul_precision("float32"), conv_ops.conv_impl(impl):
         f = lambda x, k: conv_ops.conv3d(x, k, **kw)
-        y, y_ref = jax.jit(f)(x, k), jax.jit(ref)(x, k)
-        g = jax.jit(jax.grad(_loss(f), argnums=(0, 1)))(x, k)
-        g_ref = jax.jit(jax.grad(_loss(ref), argnums=(0, 1)))(x, k)
+        assert impl == "auto" or conv_ops.select_impl(x, k, strides=strides, groups=groups,
+                                                      dilation=dilation) == impl
+
+        @jax.jit  # one compile for both formulations, forward and gradients
+        def both(x, k):
+            return (f(x, k), ref(x, k), jax.grad(_loss(f), argnums=(0, 1))(x, k),
+                    jax.grad(_loss(ref), argnums=(0, 1))(x, k))
+
+        y, y_ref, g, g_ref = both(x, k)
     assert y.shape == y_ref.shape
     for got, want in [(y, y_ref), (g[0], g_ref[0]), (g[1], g_ref[1])]:
         np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5,

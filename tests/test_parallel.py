@@ -16,13 +16,19 @@ import pytest
 from trainrun import REPO, TINY, env, free_port, metrics, start, train, train_losses
 
 STEPS = 4
-ARGS = [*TINY, "--steps", str(STEPS), "--checkpoint-every", "2"]
+# Larger clips and a gentler learning rate than TINY's: the layouts sum gradients and BatchNorm
+# moments in different orders, and TINY's 4x16x16 clips leave layer4's BatchNorm 8 values per
+# channel, so last-bit differences grew to 2.6e-3 relative by step 4 (ill-conditioned, not wrong).
+# At 8x32x32 and lr 0.01 the 2-process losses stay within 2e-5 of the 1-process ones.
+ARGS = [*TINY, "--steps", str(STEPS), "--checkpoint-every", "2", "--lr", "0.01", "--num-frames", "8",
+        "--crop-size", "32"]
 
 
 def _assert_close(losses, reference, rtol=1e-4):
     assert sorted(losses) == sorted(reference)
-    for step in reference:
-        np.testing.assert_allclose(losses[step], reference[step], rtol=rtol, err_msg=f"step {step}")
+    steps = sorted(reference)
+    np.testing.assert_allclose([losses[s] for s in steps], [reference[s] for s in steps], rtol=rtol,
+                               err_msg=f"losses at steps {steps}")
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +52,8 @@ def test_pmap_matches_sharded_jit(sharded_run, tmp_path):
 def test_two_processes_of_two_devices_match_one_process_of_four(sharded_run, tmp_path):
     port = free_port()
     procs = [start([*ARGS, "--workdir", str(tmp_path), "--coordinator-address", f"127.0.0.1:{port}",
-                    "--num-processes", "2", "--process-id", str(i)], devices=2) for i in range(2)]
+                    "--num-processes", "2", "--process-id", str(i)], devices=2, compilation_cache=False)
+             for i in range(2)]
     outs = [p.communicate(timeout=600) for p in procs]
     for p, (out, err) in zip(procs, outs):
         assert p.returncode == 0, err[-3000:]

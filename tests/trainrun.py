@@ -18,17 +18,21 @@ TINY = ["--model", "r3d_18", "--num-frames", "4", "--crop-size", "16", "--batch-
         "--eval-batch-size", "16", "--log-every", "1", "--lr", "0.05", "--warmup-steps", "2", "--no-progress"]
 
 
-def env(devices: int = 1, **extra) -> dict:
-    """The subprocess environment: `devices` CPU devices, quiet TensorFlow."""
+def env(devices: int = 1, compilation_cache: bool = True, **extra) -> dict:
+    """The subprocess environment: `devices` CPU devices, quiet TensorFlow; with
+    `compilation_cache=False` the session's shared JAX compilation cache (conftest.py) is not used
+    (processes of one jax.distributed job must compile their collectives themselves)."""
     e = dict(os.environ)
     e.update(JAX_NUM_CPU_DEVICES=str(devices), TF_CPP_MIN_LOG_LEVEL="3", JAX_PLATFORMS="cpu")
+    if not compilation_cache:
+        e.pop("JAX_COMPILATION_CACHE_DIR", None)
     e.update({k: str(v) for k, v in extra.items()})
     return e
 
 
-def start(args: list[str], devices: int = 1, **popen) -> subprocess.Popen:
+def start(args: list[str], devices: int = 1, compilation_cache: bool = True, **popen) -> subprocess.Popen:
     """Start `python train.py args` without waiting."""
-    return subprocess.Popen([sys.executable, TRAIN, *args], env=env(devices), cwd=REPO,
+    return subprocess.Popen([sys.executable, TRAIN, *args], env=env(devices, compilation_cache), cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
 
 

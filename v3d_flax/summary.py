@@ -23,6 +23,7 @@ from flax import nnx
 
 from v3d_flax import layers
 from v3d_flax.blocks import conv_param_counts
+from v3d_flax.conv import conv_impl
 from v3d_flax.registry import CANONICAL_CLIPS, create_model, list_models
 
 # Published figures at 400 classes (Kinetics heads; C3D: 487 Sports-1M classes), from
@@ -32,6 +33,18 @@ PUBLISHED: dict[str, tuple[int | float, float | None]] = {
     "mc3_18": (11_695_440, 43.34),
     "r2plus1d_18": (31_505_325, 40.52),
     "c3d": (79_991_015, 38.55),
+    "i3d": (12_697_264, None),  # piergiaj's 400-class model; no MAC count published with it
+    "i3d_r50": (28.04, None),
+    "slow_r50": (32.45, None),
+    "c2d_r50": (24.33, None),
+    "csn_r101": (22.21, None),
+    "r2plus1d_r50": (28.11, None),
+    "slowfast_r50": (34.57, 65.71),
+    # X3D paper (Feichtenhofer 2020, Table 3) at its canonical crops: xs/s 160, m 224, l 312.
+    "x3d_xs": (3.79, 0.60),
+    "x3d_s": (3.79, 1.96),
+    "x3d_m": (3.79, 4.73),
+    "x3d_l": (6.15, 18.37),
 }
 
 
@@ -91,7 +104,8 @@ def summarize(name: str, *, num_classes: int = 400, clip: tuple[int, int, int] |
     if name == "c3d":
         model_kwargs.setdefault("num_frames", clip[0])
         model_kwargs.setdefault("crop_size", clip[1])
-    model = create_model(name, num_classes=num_classes, rngs=nnx.Rngs(0), **model_kwargs)
+    # Shapes only: no weights are initialised (a forward pass on abstract arrays is all we need).
+    model = nnx.eval_shape(lambda: create_model(name, num_classes=num_classes, rngs=nnx.Rngs(0), **model_kwargs))
     model.eval()
     graphdef, state = nnx.split(model)
     x = example_input(name, clip)
@@ -104,7 +118,8 @@ def summarize(name: str, *, num_classes: int = 400, clip: tuple[int, int, int] |
         jax.eval_shape(forward, state, x)
     flops = None
     if xla:
-        cost = jax.jit(forward).lower(state, x).compile().cost_analysis()
+        with conv_impl("lax"):  # XLA's own conv on every backend (CPU's default formulations count otherwise)
+            cost = jax.jit(forward).lower(state, x).compile().cost_analysis()
         cost = cost[0] if isinstance(cost, (list, tuple)) else cost
         flops = float(cost.get("flops", float("nan")))
     return ModelSummary(name, clip, num_classes, count_params(model), totals[0], flops)

@@ -205,13 +205,6 @@ def preprocess(frames: np.ndarray, recipe: Recipe, mean, std) -> np.ndarray:
     return np.asarray(x, np.float32)
 
 
-def subsample_uniform(clip: np.ndarray, num: int, axis: int = -4) -> np.ndarray:
-    """`num` frames picked at linspace(0, T-1, num) truncated (PyTorchVideo's uniform_temporal_subsample)."""
-    t = clip.shape[axis]
-    idx = np.linspace(0, t - 1, num).astype(np.int64)
-    return np.take(clip, idx, axis=axis)
-
-
 def load_views(path: str | os.PathLike, model_name: str, recipe: Recipe | None = None, *,
                clips: int | None = None, crops: int | None = None):
     """All test views of one video for `model_name`: float32 (clips * crops, T, crop, crop, 3), clip-major.
@@ -239,10 +232,8 @@ def load_views(path: str | os.PathLike, model_name: str, recipe: Recipe | None =
     views = np.stack([frames[inverse.reshape(idx.shape)[k]][:, y:y + c, x:x + c]
                       for k in range(clips) for (y, x) in corners])
     if recipe.pathways == 2:
-        try:  # the model family's own packing, when it provides one
-            from v3d_flax.models.slowfast import pack_pathways
-        except ImportError:
-            return [subsample_uniform(views, max(1, recipe.frames // recipe.alpha)), views]
+        from v3d_flax.models.slowfast import pack_pathways  # PyTorchVideo's exact slow-frame indices
+
         slow, fast = pack_pathways(views, recipe.alpha)
         return [np.asarray(slow), np.asarray(fast)]
     return views
