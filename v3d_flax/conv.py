@@ -103,9 +103,11 @@ def select_impl(x, kernel, *, strides, groups, dilation) -> str:
 
 def _platform(x) -> str:
     """The platform x lives on (concrete arrays), else the default backend (under tracing)."""
+    if isinstance(x, jax.core.Tracer):  # checked first: a tracer's failing .devices() is slow to raise
+        return jax.default_backend()
     try:
         return next(iter(x.devices())).platform
-    except Exception:  # tracers have no devices
+    except Exception:
         return jax.default_backend()
 
 
