@@ -21,3 +21,14 @@ DATA = Path(__file__).parent / "data"
 def manifests() -> dict[str, dict[str, list[int]]]:
     """{"torchvision/r3d_18": {key: shape, ...}, ...} recorded from the public libraries."""
     return json.loads((DATA / "state_dict_manifests.json").read_text())
+
+
+# Files whose tests run train.py subprocesses take minutes; collected first, so that with
+# pytest-xdist (--dist loadfile) they start at once instead of leaving one worker busy at the end.
+LONG_FILES = ("test_parallel.py", "test_resume.py", "test_two_d_vs_three_d.py", "test_train.py")
+
+
+def pytest_collection_modifyitems(items):
+    """Long-running files first (stable otherwise)."""
+    rank = {name: i for i, name in enumerate(LONG_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(LONG_FILES)))
