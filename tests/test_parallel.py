@@ -20,8 +20,14 @@ STEPS = 4
 # moments in different orders, and TINY's 4x16x16 clips leave layer4's BatchNorm 8 values per
 # channel, so last-bit differences grew to 2.6e-3 relative by step 4 (ill-conditioned, not wrong).
 # At 8x32x32 and lr 0.01 the 2-process losses stay within 2e-5 of the 1-process ones.
-ARGS = [*TINY, "--steps", str(STEPS), "--checkpoint-every", "2", "--lr", "0.01", "--num-frames", "8",
-        "--crop-size", "32"]
+def _with(args: list[str], flag: str, value) -> list[str]:
+    """`args` with the value after `flag` replaced."""
+    i = args.index(flag)
+    return [*args[:i + 1], str(value), *args[i + 2:]]
+
+
+ARGS = [*_with(_with(_with(TINY, "--lr", 0.01), "--num-frames", 8), "--crop-size", 32),
+        "--steps", str(STEPS), "--checkpoint-every", "2"]
 
 
 def _assert_close(losses, reference, rtol=1e-4):
@@ -74,7 +80,7 @@ def test_run_saved_on_four_devices_resumes_on_two(sharded_run, tmp_path):
 
 
 def test_batch_that_does_not_divide_over_devices_is_refused(tmp_path):
-    args = [a if a != "8" else "6" for a in ARGS]  # --batch-size 6 on 4 devices
+    args = _with(ARGS, "--batch-size", 6)  # 6 clips on 4 devices
     result = train([*args, "--workdir", str(tmp_path / "w")], devices=4)
     assert result.returncode == 1
     assert "--batch-size / --grad-accum 6 does not divide over 4 devices" in result.stderr
