@@ -3,10 +3,18 @@
 Every architecture's parity test calls `check_parity`; it measures, at float32 precision,
 eval- and train-mode outputs, BatchNorm running statistics after one train-mode forward, the
 gradient of a fixed loss with respect to the input, and the Flax -> torch -> Flax round trip.
+
+Train mode normalises with statistics of the batch itself; on the tiny clips a fast suite can
+afford, a deep net's BatchNorms see few elements per channel and the float32 forward becomes
+ill-conditioned: PyTorch's own float32 result then sits up to ~5e-4 (relative) from its float64
+one (csn_r101, x3d_l, r2plus1d_r50). So the train-mode bound is TOL or, where larger, twice the
+reference's own float32 error measured in the same test ("as exact as PyTorch itself"); the
+float64 input-gradient check (GRAD_TOL) pins every train-mode formula exactly in any case.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 from dataclasses import dataclass, field
@@ -73,6 +81,21 @@ def _flax_train_mode(model):
             m.deterministic = True
 
 
+def _jitted_forward(model, x, method: str = "__call__"):
+    """model.method(x) compiled as one program (eager op-by-op dispatch compiles every op of a big
+    net separately, several times slower here); the model's state updates (BN statistics) are kept."""
+    graphdef, state = nnx.split(model)
+
+    @jax.jit
+    def forward(state, x):
+        m = nnx.merge(graphdef, state)
+        return getattr(m, method)(x), nnx.state(m)
+
+    out, new_state = forward(state, x)
+    nnx.update(model, new_state)
+    return np.asarray(out)
+
+
 def input_gradient_error(tm, fm, inputs, weights) -> float:
     """Train-mode gradient of sum(logits * weights) w.r.t. the input, Flax vs torch, both in float64.
 
@@ -80,8 +103,6 @@ def input_gradient_error(tm, fm, inputs, weights) -> float:
     in float32 the input gradient of a deep randomly initialised net is ill-conditioned, and
     PyTorch's own float32 gradient sits 1e-5..1e-2 (relative L2) from its float64 one.
     """
-    import copy
-
     tm64 = copy.deepcopy(tm).double()
     _torch_train_mode(tm64)
     tensors = [torch.from_numpy(x.astype(np.float64)).requires_grad_(True) for x in inputs]
@@ -103,10 +124,18 @@ def input_gradient_error(tm, fm, inputs, weights) -> float:
 @dataclass
 class ParityReport:
     errors: dict[str, float] = field(default_factory=dict)
+    # PyTorch's own float32 error against its float64 result, for the train-mode checks
+    reference_f32_errors: dict[str, float] = field(default_factory=dict)
 
     @property
     def worst(self) -> float:
         return max(self.errors.values())
+
+    def bound(self, what: str, tol: float) -> float:
+        """The bound `what` is held to (see the module docstring)."""
+        if what == "input_grad_f64":
+            return GRAD_TOL
+        return max(tol, 2 * self.reference_f32_errors.get(what, 0.0))
 
 
 def build_pair(name: str, *, num_classes: int = 10, seed: int = 0, **kwargs):
@@ -134,19 +163,29 @@ def check_parity(name: str, input_shapes, *, num_classes: int = 10, seed: int = 
         fm.eval()
         with torch.no_grad():
             ref = _torch_call(tm, inputs).numpy()
-        report.errors["eval_output"] = rel_err(ref, fm(_flax_inputs(inputs)))
+            ref_features = _torch_call(tm.forward_features, inputs).numpy()
+        report.errors["eval_output"] = rel_err(ref, _jitted_forward(fm, _flax_inputs(inputs)))
+        report.errors["eval_features"] = rel_err(ref_features, _jitted_forward(fm, _flax_inputs(inputs),
+                                                                               "forward_features"))
 
-        # train mode: output, then the BN running statistics both updated
+        # train mode: output, then the BN running statistics both updated; the float64 reference
+        # measures how far PyTorch's own float32 result is from exact (see the module docstring)
+        tm64 = copy.deepcopy(tm).double()
         _torch_train_mode(tm)
+        _torch_train_mode(tm64)
         _flax_train_mode(fm)
         with torch.no_grad():
             ref = _torch_call(tm, inputs).numpy()
-        report.errors["train_output"] = rel_err(ref, fm(_flax_inputs(inputs)))
-        ref_state = tm.state_dict()
+            ref64 = _torch_call(tm64, [x.astype(np.float64) for x in inputs]).numpy()
+        report.errors["train_output"] = rel_err(ref, _jitted_forward(fm, _flax_inputs(inputs)))
+        report.reference_f32_errors["train_output"] = rel_err(ref64, ref)
+        ref_state, ref64_state = tm.state_dict(), tm64.state_dict()
         got_state = port.to_torch(fm)
         stats = [k for k in ref_state if k.endswith(("running_mean", "running_var"))]
         if stats:
             report.errors["bn_running_stats"] = max(rel_err(ref_state[k].numpy(), got_state[k].numpy()) for k in stats)
+            report.reference_f32_errors["bn_running_stats"] = max(
+                rel_err(ref64_state[k].numpy(), ref_state[k].numpy()) for k in stats)
             counts = {k for k in ref_state if k.endswith("num_batches_tracked")}
             assert all(int(ref_state[k]) == int(got_state[k]) for k in counts)
 
@@ -164,7 +203,10 @@ def check_parity(name: str, input_shapes, *, num_classes: int = 10, seed: int = 
     report.errors["input_grad_f64"] = input_gradient_error(tm, fm, inputs, rng.randn(inputs[0].shape[0], num_classes))
     if os.environ.get("V3D_PARITY_REPORT"):  # a JSON line per model, for tables of measured errors
         with open(os.environ["V3D_PARITY_REPORT"], "a") as fh:
-            fh.write(json.dumps({"model": name, "inputs": [list(s) for s in input_shapes], **report.errors}) + "\n")
+            fh.write(json.dumps({"model": name, "inputs": [list(s) for s in input_shapes], **report.errors,
+                                 "reference_f32": report.reference_f32_errors}) + "\n")
     for what, err in report.errors.items():
-        assert err <= (GRAD_TOL if what == "input_grad_f64" else tol), f"{name}: {what} relative error {err:.3g} > {tol:g} ({report.errors})"
+        bound = report.bound(what, tol)
+        assert err <= bound, (f"{name}: {what} relative error {err:.3g} > {bound:.3g} ({report.errors}; "
+                              f"PyTorch's own float32 error: {report.reference_f32_errors})")
     return report

@@ -26,36 +26,25 @@ def _eval_pair(tm, fm, x):
     return ref, got, ref_feat, got_feat
 
 
-# 64x64 leaves res5 a 2x2 map; batch 2 keeps train-mode BN statistics well-conditioned everywhere.
-# R(2+1)D-50's train-mode forward (98 BN layers on small batches) is ill-conditioned in float32 at any
-# clip size affordable here: torch's own float32 output sits 3.4e-4 (relative) from its float64 one
-# at this shape (1.5e-4 at 96x96), so its float32 train output gets 1e-3; the float64 input-gradient
-# check (1e-6, measured ~3e-12) still pins the train-mode forward and backward exactly.
-@pytest.mark.parametrize("name,shape,tol", [
-    ("i3d_r50", (2, 3, 4, 48, 48), 1e-4),  # 5x7x7 stem, 3-1 alternating conv_a, (2, 1, 1) pool as blocks.2
-    ("r2plus1d_r50", (2, 3, 4, 64, 64), 1e-3),  # temporal-first (2+1)D conv_b, temporal strides in res4/res5
+# 64x64 leaves res5 a 2x2 map and batch 2 gives train-mode BatchNorm 8+ values per channel. On such
+# clips R(2+1)D-50 (98 BN layers) and CSN-101 are ill-conditioned in float32 (PyTorch's own train
+# output sits 3e-4..5e-4 from its float64 one): check_parity then bounds by that (see parity.py).
+@pytest.mark.parametrize("name,shape", [
+    ("i3d_r50", (2, 3, 4, 48, 48)),  # 5x7x7 stem, 3-1 alternating conv_a, (2, 1, 1) pool as blocks.2
+    ("slow_r50", (2, 3, 4, 64, 64)),  # 1x1x1 conv_a in res2/res3, temporal 3 from res4 on
+    ("c2d_r50", (2, 3, 4, 64, 64)),  # every conv 2D, the stage pool as blocks.2
+    ("csn_r101", (2, 3, 4, 64, 64)),  # depthwise 3x3x3 conv_b, 101 layers
+    ("r2plus1d_r50", (2, 3, 4, 64, 64)),  # temporal-first (2+1)D conv_b, temporal strides in res4/res5
 ])
-def test_full_parity(name, shape, tol):
-    check_parity(name, shape, tol=tol)
+def test_full_parity(name, shape):
+    check_parity(name, shape)
 
 
-@pytest.mark.parametrize("name,shape,features", [
-    ("slow_r50", (1, 3, 4, 32, 32), 2048),
-    ("c2d_r50", (1, 3, 4, 32, 32), 2048),
-    ("csn_r101", (1, 3, 4, 32, 32), 2048),  # depthwise 3x3x3 conv_b, 101 layers
-])
-def test_eval_parity_and_round_trip(name, shape, features):
-    """The members that only change kernel sizes / groups / depth of the code the full check covers:
-    eval logits and features, and the bit-exact Flax -> torch round trip."""
-    tm, fm = build_pair(name, num_classes=6)
-    x = np.random.RandomState(0).randn(*shape).astype(np.float32)
-    ref, got, ref_feat, got_feat = _eval_pair(tm, fm, x)
-    assert got.shape == (shape[0], 6) and got_feat.shape == (shape[0], features)
-    assert rel_err(ref, got) < 1e-4 and rel_err(ref_feat, got_feat) < 1e-4
-    exported = port.to_torch(fm)
-    assert exported.keys() == tm.state_dict().keys()
-    for k, v in tm.state_dict().items():
-        assert torch.equal(v, exported[k]), k
+@pytest.mark.parametrize("name", ["i3d_r50", "slow_r50", "c2d_r50", "csn_r101", "r2plus1d_r50"])
+def test_feature_width(name):
+    features = jax.eval_shape(lambda x: v3d_flax.create_model(name, num_classes=6, rngs=nnx.Rngs(0))
+                              .forward_features(x), jax.ShapeDtypeStruct((1, 4, 32, 32, 3), jnp.float32))
+    assert features.shape == (1, 2048)
 
 
 def test_pytorchvideo_layout():

@@ -26,24 +26,16 @@ def _eval_pair(tm, fm, inputs):
     return ref, got, ref_feat, got_feat
 
 
-def test_slowfast_r50_parity():
+@pytest.mark.parametrize("name", ["slowfast_r50", "slowfast_r101"])
+def test_slowfast_parity(name):
     # 48x48 leaves res5 a 2x2 map; batch 2 x 2 slow frames keeps train-mode BN well-conditioned.
-    check_parity("slowfast_r50", [(2, 3, 2, 48, 48), (2, 3, 8, 48, 48)])
+    # R101 differs from R50 in res4's depth (23 blocks) and the fusion convs' temporal kernel (5).
+    check_parity(name, [(2, 3, 2, 48, 48), (2, 3, 8, 48, 48)])
 
 
-def test_slowfast_r101_eval_parity_and_round_trip():
-    """R101 differs from R50 only in res4's depth (23) and the fusion kernel (5): eval outputs,
-    features and the bit-exact round trip (the full train/gradient check runs on R50)."""
-    tm, fm = build_pair("slowfast_r101", num_classes=6)
-    rng = np.random.RandomState(0)
-    inputs = [rng.randn(1, 3, 2, 32, 32).astype(np.float32), rng.randn(1, 3, 8, 32, 32).astype(np.float32)]
-    ref, got, ref_feat, got_feat = _eval_pair(tm, fm, inputs)
-    assert got.shape == (1, 6) and got_feat.shape == (1, 2304)
-    assert rel_err(ref, got) < 1e-4 and rel_err(ref_feat, got_feat) < 1e-4
+def test_slowfast_r101_fusion_kernel():
+    fm = nnx.eval_shape(lambda: v3d_flax.create_model("slowfast_r101", num_classes=6, rngs=nnx.Rngs(0)))
     assert fm.blocks[0].multipathway_fusion.conv_fast_to_slow.kernel.shape == (5, 1, 1, 8, 16)
-    exported = port.to_torch(fm)
-    for k, v in tm.state_dict().items():
-        assert torch.equal(v, exported[k]), k
 
 
 @pytest.mark.parametrize("alpha", [2, 4, 8])

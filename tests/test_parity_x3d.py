@@ -24,21 +24,13 @@ def _eval_pair(tm, fm, x):
         return ref, np.asarray(fm(xf)), ref_feat, np.asarray(fm.forward_features(xf))
 
 
-def test_x3d_xs_parity():
-    # 4x32x32 (res5 map 1x1, 8 values per BN channel in train mode); X3D-S/M share XS's weights' layout.
-    check_parity("x3d_xs", (2, 3, 4, 32, 32))
-
-
-def test_x3d_l_eval_parity_and_round_trip():
-    """X3D-L differs from XS only in depth (5, 10, 25, 15 blocks): eval outputs, features, round trip."""
-    tm, fm = build_pair("x3d_l", num_classes=6)
-    x = np.random.RandomState(0).randn(1, 3, 3, 32, 32).astype(np.float32)
-    ref, got, ref_feat, got_feat = _eval_pair(tm, fm, x)
-    assert got.shape == (1, 6) and got_feat.shape == (1, 2048)
-    assert rel_err(ref, got) < 1e-4 and rel_err(ref_feat, got_feat) < 1e-4
-    exported = port.to_torch(fm)
-    for k, v in tm.state_dict().items():
-        assert torch.equal(v, exported[k]), k
+# X3D-XS/S/M share one network (they differ only in the clip they are trained on); X3D-L is deeper
+# (5, 10, 25, 15 blocks). 32x32 leaves res5 a 1x1 map (8 values per BN channel in train mode);
+# X3D-L's 59 blocks need 64x64 to stay near float32's conditioning limit (see parity.py).
+@pytest.mark.parametrize("name,shape", [("x3d_xs", (2, 3, 4, 32, 32)), ("x3d_s", (2, 3, 4, 32, 32)),
+                                        ("x3d_m", (2, 3, 4, 32, 32)), ("x3d_l", (2, 3, 4, 64, 64))])
+def test_x3d_parity(name, shape):
+    check_parity(name, shape)
 
 
 def test_x3d_structure_follows_pytorchvideo():
