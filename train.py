@@ -113,12 +113,17 @@ def build_parser() -> argparse.ArgumentParser:
                         f"devices (cpu: {cpu['batch_size']}, gpu/tpu: {acc['batch_size']})")
     g.add_argument("--lr", type=_positive(float), default=None,
                    help=f"peak learning rate (cpu: {cpu['lr']}, gpu/tpu: {acc['lr']})")
-    g.add_argument("--optimizer", choices=("sgd", "adamw"), default="sgd",
-                   help="'sgd': momentum 0.9, Nesterov; 'adamw': decoupled weight decay (default: %(default)s)")
+    g.add_argument("--optimizer", choices=("sgd", "adamw"), default=None,
+                   help="'sgd': momentum 0.9, Nesterov; 'adamw': decoupled weight decay (default: sgd; "
+                        "adamw for c3d on cpu)")
     g.add_argument("--weight-decay", type=_non_negative(float), default=1e-4,
                    help="weight decay on conv and linear kernels, never on BatchNorm parameters or biases "
                         "(default: %(default)s)")
-    g.add_argument("--label-smoothing", type=_fraction, default=0.1, help="label smoothing (default: %(default)s)")
+    g.add_argument("--label-smoothing", type=_fraction, default=None,
+                   help="label smoothing (default: 0.1; 0 for c3d on cpu)")
+    g.add_argument("--dropout", type=_fraction, default=None,
+                   help="dropout rate of the model's dropout layers (default: the model's own, e.g. 0.5 for "
+                        "c3d and i3d; 0 for c3d on cpu)")
     g.add_argument("--warmup-steps", type=_non_negative(int), default=None,
                    help=f"linear warmup steps before the cosine decay (cpu: {cpu['warmup_steps']}, "
                         f"gpu/tpu: {acc['warmup_steps']})")
@@ -173,7 +178,7 @@ def main(argv=None) -> int:
         model=args.model, accelerator=args.accelerator, dataset=args.dataset, data_dir=args.data_dir,
         workdir=args.workdir, steps=args.steps, batch_size=args.batch_size, num_frames=args.num_frames,
         crop_size=args.crop_size, lr=args.lr, optimizer=args.optimizer, weight_decay=args.weight_decay,
-        label_smoothing=args.label_smoothing, warmup_steps=args.warmup_steps, grad_clip=args.grad_clip,
+        label_smoothing=args.label_smoothing, dropout=args.dropout, warmup_steps=args.warmup_steps, grad_clip=args.grad_clip,
         seed=args.seed, precision=args.precision, remat=args.remat, grad_accum=args.grad_accum,
         log_every=args.log_every, eval_every=args.eval_every, checkpoint_every=args.checkpoint_every,
         keep_checkpoints=args.keep_checkpoints, init_from=args.init_from, init_source=args.init_source,

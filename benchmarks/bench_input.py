@@ -1,7 +1,7 @@
 """Throughput of the input pipeline alone (no model): clips per second from `v3d_flax.data`.
 
 Defaults are the CPU training run's (`python train.py --model c3d --accelerator cpu`): the embedded
-dataset, global batch 16, 16 frames, 32x32 crops. Training batches are timed over several windows
+dataset, global batch 16, 16 frames, 16x16 crops. Training batches are timed over several windows
 after a warm-up, and the median is reported with the spread; evaluation (1x1 views) is timed over
 one pass. Compare with the training step's clips/s: the pipeline should deliver at least 3x that.
 
@@ -23,7 +23,7 @@ def main() -> None:
     p.add_argument("--model", default="c3d", help="picks the normalisation only")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--num-frames", type=int, default=16)
-    p.add_argument("--crop-size", type=int, default=32)
+    p.add_argument("--crop-size", type=int, default=16)
     p.add_argument("--windows", type=int, default=7, help="timed windows (the median is reported)")
     p.add_argument("--batches-per-window", type=int, default=20)
     p.add_argument("--warmup-batches", type=int, default=10)

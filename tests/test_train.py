@@ -14,7 +14,7 @@ from trainrun import TINY, metrics, train
 from v3d_flax.train import TrainConfig, TrainingDiverged, resolve, run
 from v3d_flax.train.checkpointing import Checkpointer
 from v3d_flax.train.state import (apply_remat, build_model, build_optimizer, decay_mask, init_state,
-                                  lr_schedule, remat_blocks, split_model)
+                                  lr_schedule, make_data_init, remat_blocks, split_model)
 from v3d_flax.train.steps import make_train_step, topk_correct
 
 
@@ -183,6 +183,30 @@ def test_dropout_rng_state_advances_and_is_part_of_the_state():
     _, mstate = split_model(model)
     keys = [x for x in jax.tree.leaves(mstate["rest"]) if jnp.issubdtype(x.dtype, jax.dtypes.prng_key)]
     assert keys, "C3D's dropout stream must live in the checkpointed state"
+
+
+def test_cpu_defaults_per_model_and_flags_win():
+    c3d, r3d = resolve(TrainConfig(model="c3d", workdir="-")), resolve(TrainConfig(model="r3d_18", workdir="-"))
+    assert (c3d.optimizer, c3d.lr, c3d.dropout, c3d.label_smoothing, c3d.crop_size) == ("adamw", 1e-4, 0.0, 0.0, 16)
+    assert (r3d.optimizer, r3d.lr, r3d.dropout, r3d.label_smoothing) == ("sgd", 0.02, None, 0.1)
+    mine = resolve(TrainConfig(model="c3d", workdir="-", optimizer="sgd", lr=0.01, dropout=0.5, label_smoothing=0.2))
+    assert (mine.optimizer, mine.lr, mine.dropout, mine.label_smoothing) == ("sgd", 0.01, 0.5, 0.2)
+    gpu = resolve(TrainConfig(model="c3d", workdir="-", accelerator="gpu"))
+    assert (gpu.optimizer, gpu.dropout, gpu.crop_size) == ("sgd", None, 112)
+    assert build_model("c3d", num_classes=3, num_frames=16, crop_size=16, seed=0, dropout=0.0).dropout.rate == 0.0
+
+
+def test_c3d_data_dependent_init_normalises_every_layer_on_the_batch():
+    model = build_model("c3d", num_classes=5, num_frames=16, crop_size=16, seed=0)
+    defs, mstate = split_model(model)
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(6, 16, 16, 16, 3)), jnp.float32)
+    params = jax.jit(make_data_init(defs))(mstate["params"], mstate["rest"], x)
+    model = nnx.merge(defs.eval, params, mstate["rest"])
+    for pre in (model.conv1(x), model.fc7(model.forward_features(x, "fc6"))):
+        axes = tuple(range(pre.ndim - 1))
+        np.testing.assert_allclose(pre.mean(axes), 0.0, atol=1e-3)
+        np.testing.assert_allclose(pre.std(axes), 1.0, atol=1e-3)
+    np.testing.assert_array_equal(params["fc8"]["kernel"], mstate["params"]["fc8"]["kernel"])  # left as it was
 
 
 def test_topk_correct_counts_ties_and_small_class_counts():

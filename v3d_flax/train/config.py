@@ -15,10 +15,16 @@ from dataclasses import dataclass
 
 DEFAULT_DATASET = "v3d_synthetic_motion"
 
-# Defaults per accelerator kind for the fields that are None in TrainConfig.
-CPU_DEFAULTS = dict(steps=150, batch_size=16, num_frames=16, crop_size=32, lr=0.02, warmup_steps=15,
+# Defaults for the fields that are None in TrainConfig: common ones, then per accelerator kind, then
+# per model on CPU.
+COMMON_DEFAULTS = dict(optimizer="sgd", label_smoothing=0.1)
+CPU_DEFAULTS = dict(steps=150, batch_size=16, num_frames=16, crop_size=16, lr=0.02, warmup_steps=15,
                     log_every=10, eval_every=0)
 ACCEL_DEFAULTS = dict(steps=20_000, batch_size=64, lr=0.1, warmup_steps=1_000, log_every=50, eval_every=2_000)
+# C3D has no normalisation layers: from scratch it needs AdamW at a small rate and no dropout to learn
+# within minutes (SGD, or dropout 0.5, left it near chance after 200 steps; see the README).
+CPU_MODEL_DEFAULTS = {"c3d": dict(steps=500, optimizer="adamw", lr=1e-4, warmup_steps=30, label_smoothing=0.0,
+                                  dropout=0.0)}
 
 
 @dataclass(frozen=True)
@@ -35,10 +41,11 @@ class TrainConfig:
     num_frames: int | None = None
     crop_size: int | None = None
     lr: float | None = None
-    optimizer: str = "sgd"
+    optimizer: str | None = None
     momentum: float = 0.9
     weight_decay: float = 1e-4
-    label_smoothing: float = 0.1
+    label_smoothing: float | None = None
+    dropout: float | None = None  # None: the model's own rate
     warmup_steps: int | None = None
     grad_clip: float = 1.0
     seed: int = 0
@@ -83,8 +90,10 @@ def resolve(config: TrainConfig) -> TrainConfig:
     """Fill the None fields from the accelerator's defaults and the model's canonical clip; validate."""
     from v3d_flax.registry import CANONICAL_CLIPS
 
-    defaults = dict(CPU_DEFAULTS) if config.accelerator == "cpu" else dict(ACCEL_DEFAULTS)
-    if config.accelerator != "cpu":
+    defaults = {**COMMON_DEFAULTS, **(CPU_DEFAULTS if config.accelerator == "cpu" else ACCEL_DEFAULTS)}
+    if config.accelerator == "cpu":
+        defaults.update(CPU_MODEL_DEFAULTS.get(config.model, {}))
+    else:
         t, h, _ = CANONICAL_CLIPS.get(config.model, (16, 112, 112))
         defaults.update(num_frames=t, crop_size=h)
     changes = {k: v for k, v in defaults.items() if getattr(config, k) is None}
@@ -102,6 +111,7 @@ def resolve(config: TrainConfig) -> TrainConfig:
          f"--batch-size {config.batch_size} must be divisible by --grad-accum {config.grad_accum}"),
         (config.lr > 0, f"--lr must be > 0, got {config.lr}"),
         (0 <= config.label_smoothing < 1, f"--label-smoothing must be in [0, 1), got {config.label_smoothing}"),
+        (config.dropout is None or 0 <= config.dropout < 1, f"--dropout must be in [0, 1), got {config.dropout}"),
         (config.num_frames >= 1 and config.crop_size >= 1, "--num-frames and --crop-size must be >= 1"),
         (config.log_every >= 1, f"--log-every must be >= 1, got {config.log_every}"),
         (config.eval_every >= 0 and config.checkpoint_every >= 0, "--eval-every/--checkpoint-every must be >= 0"),

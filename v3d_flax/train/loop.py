@@ -9,6 +9,7 @@ point and restarted logs the same losses as one that was never interrupted.
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import threading
@@ -24,7 +25,7 @@ from v3d_flax.train.mesh import (check_batch_divides, init_distributed, make_mes
 from v3d_flax.train.metrics import MetricsLogger, format_summary, read_metrics
 from v3d_flax.train.plotting import plot_curves
 from v3d_flax.train.state import (PMAP_AXIS, build_model, build_optimizer, count_params, init_state,
-                                  split_model)
+                                  make_data_init, split_model)
 from v3d_flax.train.steps import (jit_train_step, make_train_step, pmap_train_step)
 
 METRIC_KEYS = ("loss", "top1", "top5", "grad_norm", "lr")  # logged per window
@@ -75,7 +76,7 @@ def run(config: TrainConfig) -> dict:
 
     model = build_model(config.model, num_classes=info.num_classes, num_frames=config.num_frames,
                         crop_size=config.crop_size, seed=config.seed, remat=config.remat,
-                        bn_axis_name=PMAP_AXIS if config.parallel == "pmap" else None)
+                        bn_axis_name=PMAP_AXIS if config.parallel == "pmap" else None, dropout=config.dropout)
     if config.init_from and os.path.isfile(config.init_from):
         _init_from_torch(model, config)
     defs, model_state = split_model(model)
@@ -91,10 +92,14 @@ def run(config: TrainConfig) -> dict:
     ckpt = checkpointing.Checkpointer(config.workdir, keep=config.keep_checkpoints)
     logger = MetricsLogger(config.workdir, progress=config.progress)
     start_step, window = 0, []
+    # A fresh run of a model without normalisation layers (C3D) first rescales its layers on the
+    # first training batch; a resumed or --init-from run keeps the weights it loaded.
+    data_init = not config.init_from and hasattr(model, "data_dependent_init")
     restored = ckpt.restore_latest(state, rep)
     if restored is not None:
         start_step, state, meta = restored
         window = meta.get("window", [])
+        data_init = False
         logger.print(f"resuming from the checkpoint at step {start_step} in {ckpt.dir}")
     logger.truncate_after(start_step)
     logger.print(f"{config.model}: {count_params(state['params']):,} parameters, {info.num_classes} classes, "
@@ -110,7 +115,8 @@ def run(config: TrainConfig) -> dict:
             logger.print(f"eval top1 {result['top1']:.4f} top5 {result['top5']:.4f} "
                          f"video top1 {result['video_top1']:.4f} ({result['views']} views)")
             return result
-        result = _train(config, defs, tx, schedule, state, start_step, window, mesh, info, ckpt, logger, evaluator)
+        result = _train(config, defs, tx, schedule, state, start_step, window, mesh, info, ckpt, logger, evaluator,
+                        data_init=data_init)
     finally:
         ckpt.close()
         logger.close()
@@ -139,9 +145,23 @@ def _init_from_torch(model, config: TrainConfig) -> None:
         print(f"--init-from: kept fresh weights for differently shaped tensors: {', '.join(report.mismatched)}")
 
 
-def _train(config, defs, tx, schedule, state, start_step, window, mesh, info, ckpt, logger, evaluator) -> dict:
+def _train(config, defs, tx, schedule, state, start_step, window, mesh, info, ckpt, logger, evaluator, *,
+           data_init: bool = False) -> dict:
     from v3d_flax import data
 
+    micro_batch = config.batch_size // config.grad_accum
+    batches = data.train_batches(
+        config.dataset, data_dir=config.data_dir, global_batch_size=micro_batch, num_frames=config.num_frames,
+        crop_size=config.crop_size, model_name=config.model, seed=config.seed,
+        start_step=start_step * config.grad_accum, process_index=jax.process_index(),
+        process_count=jax.process_count())
+    if data_init:
+        first = next(batches)
+        batches = itertools.chain([first], batches)
+        video = first["video"] if config.parallel == "pmap" else to_global(first, mesh)["video"]
+        init = jax.jit(make_data_init(defs), out_shardings=replicated(mesh))
+        state = {**state, "params": init(state["params"], state["rest"], video)}
+        logger.print("data-dependent init: every layer rescaled to unit-variance outputs on the first batch")
     step_fn = make_train_step(defs, tx, schedule, num_classes=info.num_classes,
                               label_smoothing=config.label_smoothing, precision=config.precision,
                               grad_accum=config.grad_accum,
@@ -157,12 +177,6 @@ def _train(config, defs, tx, schedule, state, start_step, window, mesh, info, ck
         state = jax.device_put(jax.tree.map(lambda x: jax.numpy.broadcast_to(x, (n, *x.shape)), state), stacked)
     else:
         train_step = jit_train_step(step_fn, mesh)
-    micro_batch = config.batch_size // config.grad_accum
-    batches = data.train_batches(
-        config.dataset, data_dir=config.data_dir, global_batch_size=micro_batch, num_frames=config.num_frames,
-        crop_size=config.crop_size, model_name=config.model, seed=config.seed,
-        start_step=start_step * config.grad_accum, process_index=jax.process_index(),
-        process_count=jax.process_count())
 
     def host_state():
         if not pmap:

@@ -25,16 +25,18 @@ PMAP_AXIS = "batch"
 
 
 def build_model(name: str, *, num_classes: int, num_frames: int, crop_size: int, seed: int,
-                remat: bool = False, bn_axis_name: str | None = None) -> nnx.Module:
+                remat: bool = False, bn_axis_name: str | None = None, dropout: float | None = None) -> nnx.Module:
     """`create_model(name)`, passing the clip size to factories that take it (C3D); optional
-    per-block rematerialisation and cross-replica BatchNorm (for pmap)."""
+    per-block rematerialisation, cross-replica BatchNorm (for pmap) and a dropout rate for every
+    dropout layer (None keeps the model's own)."""
     params = inspect.signature(get_factory(name)).parameters
     kwargs = {k: v for k, v in (("num_frames", num_frames), ("crop_size", crop_size)) if k in params}
     model = create_model(name, num_classes=num_classes, rngs=nnx.Rngs(seed), **kwargs)
-    if bn_axis_name is not None:
-        for _, module in nnx.iter_modules(model):
-            if isinstance(module, BatchNorm):
-                module.axis_name = bn_axis_name
+    for _, module in nnx.iter_modules(model):
+        if bn_axis_name is not None and isinstance(module, BatchNorm):
+            module.axis_name = bn_axis_name
+        if dropout is not None and isinstance(module, nnx.Dropout):
+            module.rate = dropout
     if remat:
         apply_remat(model)
     return model
@@ -143,6 +145,18 @@ def init_state(model_state: dict, tx: optax.GradientTransformation) -> dict:
     """The full training state: parameters, other model state and optimizer state."""
     return {"params": model_state["params"], "rest": model_state["rest"],
             "opt_state": tx.init(model_state["params"])}
+
+
+def make_data_init(defs: ModelDefs):
+    """A pure `(params, rest, video) -> params` running the model's `data_dependent_init` on `video`
+    (models without normalisation layers define it; see `v3d_flax.models.c3d`)."""
+
+    def data_init(params, rest, video):
+        model = nnx.merge(defs.eval, params, rest)
+        model.data_dependent_init(video)
+        return nnx.as_pure(nnx.state(model, nnx.Param))
+
+    return data_init
 
 
 def count_params(params) -> int:
