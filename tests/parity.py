@@ -81,19 +81,21 @@ def _flax_train_mode(model):
             m.deterministic = True
 
 
-def _jitted_forward(model, x, method: str = "__call__"):
-    """model.method(x) compiled as one program (eager op-by-op dispatch compiles every op of a big
-    net separately, several times slower here); the model's state updates (BN statistics) are kept."""
+def _jitted_forward(model, x, *methods: str):
+    """model.method(x) for each method, compiled as one program (eager op-by-op dispatch compiles
+    every op of a big net separately, several times slower here); the model's state updates (BN
+    statistics) are kept, as after one call."""
     graphdef, state = nnx.split(model)
 
     @jax.jit
     def forward(state, x):
         m = nnx.merge(graphdef, state)
-        return getattr(m, method)(x), nnx.state(m)
+        outs = [getattr(m, method)(x) for method in methods]
+        return outs, nnx.state(m)
 
-    out, new_state = forward(state, x)
+    outs, new_state = forward(state, x)
     nnx.update(model, new_state)
-    return np.asarray(out)
+    return [np.asarray(o) for o in outs]
 
 
 def input_gradient_error(tm, fm, inputs, weights) -> float:
@@ -138,12 +140,30 @@ class ParityReport:
         return max(tol, 2 * self.reference_f32_errors.get(what, 0.0))
 
 
+def flax_model_without_init(name: str, *, num_classes: int, seed: int = 0, **kwargs) -> nnx.Module:
+    """The Flax model of `name` built without running its initialisers (eagerly, each weight shape
+    compiles its own random-init program: 10-15 s for the big nets), for tests that load every
+    weight from a reference right after: float variables are NaN, so one the port leaves out
+    poisons the outputs and the round trip instead of passing unnoticed."""
+    abstract = nnx.eval_shape(lambda: v3d_flax.create_model(name, num_classes=num_classes, rngs=nnx.Rngs(seed),
+                                                            **kwargs))
+    graphdef, state = nnx.split(abstract)
+
+    def materialise(leaf):
+        if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):  # dropout streams need real keys
+            return jax.random.split(jax.random.key(seed), leaf.shape) if leaf.shape else jax.random.key(seed)
+        fill = np.nan if np.issubdtype(leaf.dtype, np.floating) else 0
+        return jnp.asarray(np.full(leaf.shape, fill, leaf.dtype))
+
+    return nnx.merge(graphdef, jax.tree.map(materialise, state))
+
+
 def build_pair(name: str, *, num_classes: int = 10, seed: int = 0, **kwargs):
     """A torch reference with random weights and BN statistics, and its Flax twin loaded from it."""
     torch.manual_seed(seed)
     tm = v3d_torch_ref.create_model(name, num_classes=num_classes, **kwargs)
     randomize_batchnorm(tm, seed)
-    fm = v3d_flax.create_model(name, num_classes=num_classes, rngs=nnx.Rngs(seed + 1), **kwargs)
+    fm = flax_model_without_init(name, num_classes=num_classes, seed=seed + 1, **kwargs)
     port.from_torch(fm, tm.state_dict())
     return tm, fm
 
@@ -164,9 +184,9 @@ def check_parity(name: str, input_shapes, *, num_classes: int = 10, seed: int = 
         with torch.no_grad():
             ref = _torch_call(tm, inputs).numpy()
             ref_features = _torch_call(tm.forward_features, inputs).numpy()
-        report.errors["eval_output"] = rel_err(ref, _jitted_forward(fm, _flax_inputs(inputs)))
-        report.errors["eval_features"] = rel_err(ref_features, _jitted_forward(fm, _flax_inputs(inputs),
-                                                                               "forward_features"))
+        got, got_features = _jitted_forward(fm, _flax_inputs(inputs), "__call__", "forward_features")
+        report.errors["eval_output"] = rel_err(ref, got)
+        report.errors["eval_features"] = rel_err(ref_features, got_features)
 
         # train mode: output, then the BN running statistics both updated; the float64 reference
         # measures how far PyTorch's own float32 result is from exact (see the module docstring)
@@ -177,7 +197,7 @@ def check_parity(name: str, input_shapes, *, num_classes: int = 10, seed: int = 
         with torch.no_grad():
             ref = _torch_call(tm, inputs).numpy()
             ref64 = _torch_call(tm64, [x.astype(np.float64) for x in inputs]).numpy()
-        report.errors["train_output"] = rel_err(ref, _jitted_forward(fm, _flax_inputs(inputs)))
+        report.errors["train_output"] = rel_err(ref, _jitted_forward(fm, _flax_inputs(inputs), "__call__")[0])
         report.reference_f32_errors["train_output"] = rel_err(ref64, ref)
         ref_state, ref64_state = tm.state_dict(), tm64.state_dict()
         got_state = port.to_torch(fm)
@@ -192,7 +212,7 @@ def check_parity(name: str, input_shapes, *, num_classes: int = 10, seed: int = 
     # round trip Flax -> torch -> Flax is bit-exact, and the reference loads it strictly
     exported = port.to_torch(fm)
     tm.load_state_dict(exported, strict=True)
-    fresh = v3d_flax.create_model(name, num_classes=num_classes, rngs=nnx.Rngs(seed + 7), **kwargs)
+    fresh = flax_model_without_init(name, num_classes=num_classes, seed=seed + 7, **kwargs)
     port.from_torch(fresh, exported)
     for (pa, a), (pb, b) in zip(nnx.to_flat_state(nnx.state(fm)), nnx.to_flat_state(nnx.state(fresh))):
         if isinstance(a, (nnx.Param, nnx.BatchStat)):

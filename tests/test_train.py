@@ -209,6 +209,18 @@ def test_c3d_data_dependent_init_normalises_every_layer_on_the_batch():
     np.testing.assert_array_equal(params["fc8"]["kernel"], mstate["params"]["fc8"]["kernel"])  # left as it was
 
 
+def test_fresh_c3d_run_starts_from_the_data_dependent_init_and_a_resumed_one_does_not(tmp_path, capsys):
+    config = TrainConfig(model="c3d", workdir=str(tmp_path), steps=1, batch_size=4, eval_batch_size=100,
+                         log_every=1, progress=False)
+    run(config)
+    assert "data-dependent init" in capsys.readouterr().out
+    first = [r for r in metrics(tmp_path) if r["split"] == "train"]
+    assert math.isfinite(first[0]["loss"]) and first[0]["loss"] < 4.0  # unit-variance fc7, small fc8: near ln 8
+    run(config.replace(steps=2))
+    out = capsys.readouterr().out
+    assert "resuming from the checkpoint at step 1" in out and "data-dependent init" not in out
+
+
 def test_topk_correct_counts_ties_and_small_class_counts():
     logits = jnp.array([[0.1, 0.9, 0.0], [0.5, 0.2, 0.3]])
     labels = jnp.array([1, 1])
@@ -223,7 +235,7 @@ def test_grad_accum_matches_the_big_batch_for_a_model_without_batchnorm(tmp_path
         model.dropout.rate = 0.0
         defs, mstate = split_model(model)
         config = resolve(TrainConfig(model="c3d", workdir="-", lr=0.1, steps=4, warmup_steps=0, batch_size=4,
-                                     grad_accum=grad_accum, label_smoothing=0.0))
+                                     grad_accum=grad_accum, label_smoothing=0.0, optimizer="sgd"))
         tx, schedule = build_optimizer(config, 4)
         state = init_state(mstate, tx)
         step = jax.jit(make_train_step(defs, tx, schedule, num_classes=3, label_smoothing=0.0, precision="fp32",

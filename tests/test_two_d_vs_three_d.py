@@ -18,7 +18,7 @@ from v3d_flax.train.evaluation import summarise
 from v3d_flax.train.state import build_optimizer, init_state, split_model
 from v3d_flax.train.steps import make_eval_step, make_train_step
 
-FRAMES, CROP, BATCH, STEPS = 8, 16, 16, 200
+FRAMES, CROP, BATCH, STEPS = 8, 16, 16, 400
 
 
 class TinyVideoNet(nnx.Module):
