@@ -101,6 +101,7 @@ class Checkpointer:
         if step in self.latest.all_steps():
             return
         args = ocp.args.Composite(state=ocp.args.StandardSave(_keys_to_data(state)), meta=ocp.args.JsonSave(meta))
+        self._finish_other(self.best)
         self.latest.save(step, args=args, force=force)
 
     def save_best(self, step: int, state: dict, meta: dict, top1: float) -> None:
@@ -108,7 +109,17 @@ class Checkpointer:
         if step in self.best.all_steps():
             return
         args = ocp.args.Composite(state=ocp.args.StandardSave(_keys_to_data(state)), meta=ocp.args.JsonSave(meta))
+        self._finish_other(self.latest)
         self.best.save(step, args=args, metrics={"top1": float(top1)}, force=True)
+
+    @staticmethod
+    def _finish_other(manager) -> None:
+        """With several processes, let the other manager's asynchronous save commit first: two
+        managers' background commits each synchronise all processes, and a run saving the best and
+        the latest checkpoint at the same step once hung with both processes waiting (step 4 of
+        tests/test_parallel.py's 2-process run)."""
+        if jax.process_count() > 1:
+            manager.wait_until_finished()
 
     def latest_step(self) -> int | None:
         """The newest complete checkpoint's step, or None."""
