@@ -81,7 +81,7 @@ def _flax_train_mode(model):
             m.deterministic = True
 
 
-def _jitted_forward(model, x, *methods: str):
+def jitted_forward(model, x, *methods: str):
     """model.method(x) for each method, compiled as one program (eager op-by-op dispatch compiles
     every op of a big net separately, several times slower here); the model's state updates (BN
     statistics) are kept, as after one call."""
@@ -184,7 +184,7 @@ def check_parity(name: str, input_shapes, *, num_classes: int = 10, seed: int = 
         with torch.no_grad():
             ref = _torch_call(tm, inputs).numpy()
             ref_features = _torch_call(tm.forward_features, inputs).numpy()
-        got, got_features = _jitted_forward(fm, _flax_inputs(inputs), "__call__", "forward_features")
+        got, got_features = jitted_forward(fm, _flax_inputs(inputs), "__call__", "forward_features")
         report.errors["eval_output"] = rel_err(ref, got)
         report.errors["eval_features"] = rel_err(ref_features, got_features)
 
@@ -197,7 +197,8 @@ def check_parity(name: str, input_shapes, *, num_classes: int = 10, seed: int = 
         with torch.no_grad():
             ref = _torch_call(tm, inputs).numpy()
             ref64 = _torch_call(tm64, [x.astype(np.float64) for x in inputs]).numpy()
-        report.errors["train_output"] = rel_err(ref, _jitted_forward(fm, _flax_inputs(inputs), "__call__")[0])
+        got_train, = jitted_forward(fm, _flax_inputs(inputs), "__call__")
+        report.errors["train_output"] = rel_err(ref, got_train)
         report.reference_f32_errors["train_output"] = rel_err(ref64, ref)
         ref_state, ref64_state = tm.state_dict(), tm64.state_dict()
         got_state = port.to_torch(fm)

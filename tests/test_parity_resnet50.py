@@ -9,7 +9,7 @@ import torch
 from flax import nnx
 
 import v3d_flax
-from parity import _jitted_forward, build_pair, check_parity, ncdhw_to_ndhwc, rel_err
+from parity import jitted_forward, build_pair, check_parity, ncdhw_to_ndhwc, rel_err
 from v3d_flax import port
 from v3d_flax.models import resnet50 as flax_r50
 from v3d_torch_ref.models import resnet50 as torch_r50
@@ -22,7 +22,7 @@ def _eval_pair(tm, fm, x):
         ref, ref_feat = tm(torch.from_numpy(x)).numpy(), tm.forward_features(torch.from_numpy(x)).numpy()
     with jax.default_matmul_precision("float32"):
         xf = jnp.asarray(ncdhw_to_ndhwc(x))
-        got, got_feat = _jitted_forward(fm, xf, "__call__", "forward_features")
+        got, got_feat = jitted_forward(fm, xf, "__call__", "forward_features")
     return ref, got, ref_feat, got_feat
 
 

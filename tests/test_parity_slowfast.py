@@ -8,7 +8,7 @@ import torch
 from flax import nnx
 
 import v3d_flax
-from parity import _jitted_forward, build_pair, check_parity, ncdhw_to_ndhwc, rel_err
+from parity import jitted_forward, build_pair, check_parity, ncdhw_to_ndhwc, rel_err
 from v3d_flax import port
 from v3d_flax.models import slowfast as flax_sf
 from v3d_torch_ref.models import slowfast as torch_sf
@@ -22,7 +22,7 @@ def _eval_pair(tm, fm, inputs):
         ref_feat = tm.forward_features([torch.from_numpy(x) for x in inputs]).numpy()
     with jax.default_matmul_precision("float32"):
         xs = tuple(jnp.asarray(ncdhw_to_ndhwc(x)) for x in inputs)
-        got, got_feat = _jitted_forward(fm, xs, "__call__", "forward_features")
+        got, got_feat = jitted_forward(fm, xs, "__call__", "forward_features")
     return ref, got, ref_feat, got_feat
 
 

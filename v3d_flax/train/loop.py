@@ -92,16 +92,15 @@ def run(config: TrainConfig) -> dict:
     ckpt = checkpointing.Checkpointer(config.workdir, keep=config.keep_checkpoints)
     logger = MetricsLogger(config.workdir, progress=config.progress)
     start_step, window = 0, []
-    # A fresh run of a model without normalisation layers (C3D) first rescales its layers on the
-    # first training batch; a resumed or --init-from run keeps the weights it loaded.
-    data_init = not config.init_from and hasattr(model, "data_dependent_init")
     restored = ckpt.restore_latest(state, rep)
     if restored is not None:
         start_step, state, meta = restored
         window = meta.get("window", [])
-        data_init = False
         logger.print(f"resuming from the checkpoint at step {start_step} in {ckpt.dir}")
     logger.truncate_after(start_step)
+    # A fresh run of a model without normalisation layers (C3D) first rescales its layers on the
+    # first training batch; a resumed or --init-from run keeps the weights it loaded.
+    data_init = restored is None and not config.init_from and hasattr(model, "data_dependent_init")
     logger.print(f"{config.model}: {count_params(state['params']):,} parameters, {info.num_classes} classes, "
                  f"{len(mesh.devices.flat)} device(s) x {jax.process_count()} process(es), "
                  f"clip {config.num_frames}x{config.crop_size}x{config.crop_size}, global batch {config.batch_size}")
