@@ -40,7 +40,7 @@ def test_i3d_flow_eval_parity_and_per_time_logits():
 
 
 def test_i3d_rejects_bad_input():
-    model = v3d_flax.create_model("i3d", num_classes=4, rngs=nnx.Rngs(0))
+    model = nnx.eval_shape(lambda: v3d_flax.create_model("i3d", num_classes=4, rngs=nnx.Rngs(0)))
     with pytest.raises(ValueError, match="NDHWC"):
         model(jnp.zeros((1, 3, 8, 32, 32)))  # NCDHW
     with pytest.raises(ValueError, match="NDHWC"):

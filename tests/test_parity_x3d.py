@@ -8,10 +8,15 @@ import torch
 from flax import nnx
 
 import v3d_flax
-from parity import jitted_forward, build_pair, check_parity, ncdhw_to_ndhwc, rel_err
+from parity import build_pair, check_parity, flax_model_without_init, jitted_forward, ncdhw_to_ndhwc, rel_err
 from v3d_flax import port
 from v3d_flax.models import x3d as flax_x3d
+import v3d_torch_ref
 from v3d_torch_ref.models import x3d as torch_x3d
+
+
+def torch_x3d_create(name):
+    return v3d_torch_ref.create_model(name, num_classes=7)
 
 
 def _eval_pair(tm, fm, x):
@@ -25,13 +30,32 @@ def _eval_pair(tm, fm, x):
     return ref, got, ref_feat, got_feat
 
 
-# X3D-XS/S/M share one network (they differ only in the clip they are trained on); X3D-L is deeper
-# (5, 10, 25, 15 blocks). 32x32 leaves res5 a 1x1 map (8 values per BN channel in train mode);
-# X3D-L's 59 blocks need 64x64 to stay near float32's conditioning limit (see parity.py).
-@pytest.mark.parametrize("name,shape", [("x3d_xs", (2, 3, 4, 32, 32)), ("x3d_s", (2, 3, 4, 32, 32)),
-                                        ("x3d_m", (2, 3, 4, 32, 32)), ("x3d_l", (2, 3, 4, 64, 64))])
+# X3D-XS/S/M share one network (they differ only in the clip they are trained on: the test below
+# proves it, so one parity run covers the three); X3D-L is deeper (5, 10, 25, 15 blocks). 32x32
+# leaves res5 a 1x1 map (8 values per BN channel in train mode); X3D-L's 59 blocks need 64x64 to
+# stay near float32's conditioning limit (see parity.py).
+@pytest.mark.parametrize("name,shape", [("x3d_xs", (2, 3, 4, 32, 32)), ("x3d_l", (2, 3, 4, 64, 64))])
 def test_x3d_parity(name, shape):
     check_parity(name, shape)
+
+
+@pytest.mark.parametrize("name", ["x3d_s", "x3d_m"])
+def test_x3d_s_and_m_are_the_x3d_xs_network(name):
+    """Same module graph, same variable shapes, same reference state_dict: x3d_xs's parity run is theirs."""
+    def flax_tree(n):
+        model = nnx.eval_shape(lambda: v3d_flax.create_model(n, num_classes=7, rngs=nnx.Rngs(0)))
+        modules = [(path, type(m).__name__, sorted((k, repr(v)) for k, v in vars(m).items()
+                                                   if isinstance(v, (int, float, str, tuple, type(None)))
+                                                   and k != "arch"))  # the name itself
+                   for path, m in nnx.iter_modules(model)]
+        return modules, [(path, type(v).__name__, v.shape) for path, v in nnx.to_flat_state(nnx.state(model))]
+
+    assert flax_tree(name) == flax_tree("x3d_xs")
+    torch.manual_seed(0)
+    ref = {k: v.shape for k, v in torch_x3d_create(name).state_dict().items()}
+    torch.manual_seed(0)
+    assert ref == {k: v.shape for k, v in torch_x3d_create("x3d_xs").state_dict().items()}
+    assert repr(torch_x3d_create(name)) == repr(torch_x3d_create("x3d_xs"))
 
 
 def test_x3d_structure_follows_pytorchvideo():
@@ -65,19 +89,20 @@ def test_fixed_head_pool_kernel_matches_reference_and_global_pool_at_its_size():
     fitting = rng.randn(1, 3, 2, 64, 64).astype(np.float32)  # final map (2, 2, 2)
     ref, got, ref_feat, got_feat = _eval_pair(tm, fm, fitting)
     assert rel_err(ref, got) < 1e-4 and rel_err(ref_feat, got_feat) < 1e-4
-    glob = v3d_flax.create_model("x3d_xs", num_classes=5, rngs=nnx.Rngs(0))
+    glob = flax_model_without_init("x3d_xs", num_classes=5)
     port.from_torch(glob, tm.state_dict())
     glob.eval()
     with jax.default_matmul_precision("float32"):
-        np.testing.assert_allclose(np.asarray(glob(jnp.asarray(ncdhw_to_ndhwc(fitting)))), got, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(jitted_forward(glob, jnp.asarray(ncdhw_to_ndhwc(fitting)), "__call__")[0], got,
+                                   rtol=1e-5, atol=1e-6)
     larger = rng.randn(1, 3, 3, 96, 96).astype(np.float32)  # final map (3, 3, 3): 8 overlapping windows
     ref, got, _, _ = _eval_pair(tm, fm, larger)
     assert rel_err(ref, got) < 1e-4
     with jax.default_matmul_precision("float32"):
-        other = np.asarray(glob(jnp.asarray(ncdhw_to_ndhwc(larger))))
+        other = jitted_forward(glob, jnp.asarray(ncdhw_to_ndhwc(larger)), "__call__")[0]
     assert rel_err(got, other) > 1e-4
     with pytest.raises(ValueError, match="head_pool_kernel"):
-        fm(jnp.zeros((1, 1, 64, 64, 3)))  # final map (1, 2, 2) is smaller than the kernel
+        jitted_forward(fm, jnp.zeros((1, 1, 64, 64, 3)), "__call__")  # final map (1, 2, 2) is smaller than the kernel
 
 
 def test_x3d_rejects_bad_input():

@@ -11,6 +11,7 @@ from __future__ import annotations
 import inspect
 import math
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import jax
@@ -45,15 +46,55 @@ def build_model(name: str, *, num_classes: int, num_frames: int, crop_size: int,
 _REMAT_CLASSES: dict[type, type] = {}
 
 
+def _tied_to(leaf: jax.Array, cotangents) -> jax.Array:
+    """`leaf` plus a zero computed from the incoming cotangent: the same values, but a new value for
+    XLA. XLA:CPU removes `jax.checkpoint`'s optimization barriers early, so CSE merges the backward
+    pass's recomputation back into the forward pass and remat saves nothing; a recomputation that
+    depends on the cotangent can be neither merged nor scheduled before its backward step. x * 0.0
+    is not folded for floats (NaN semantics), so the zero survives; cost: one fused add."""
+    floats = [c for c in jax.tree.leaves(cotangents) if jnp.issubdtype(c.dtype, jnp.floating)]
+    if not floats or not jnp.issubdtype(leaf.dtype, jnp.floating):
+        return leaf
+    zero = jax.lax.index_in_dim(floats[0].reshape(-1), 0, keepdims=False) * 0.0
+    return leaf + zero.astype(leaf.dtype)
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _remat_apply(graphdef, state, args):
+    """(outputs, new non-parameter state) of the module `graphdef` + `state` called on `args`;
+    its backward pass recomputes the forward from (state, args) instead of storing activations."""
+    module = nnx.merge(graphdef, state)
+    outputs = type(module).plain_call(module, *args)  # the block's own __call__, not the remat one
+    return outputs, nnx.as_pure(nnx.state(module, nnx.Not(nnx.Param)))
+
+
+def _remat_fwd(graphdef, state, args):
+    return _remat_apply(graphdef, state, args), (state, args)
+
+
+def _remat_bwd(graphdef, residuals, cotangents):
+    # The new BatchNorm statistics and RNG counters are outputs nothing differentiates (the loss
+    # reads the logits only), so only the outputs' cotangent is pulled back.
+    state, args = residuals
+    out_cotangent = cotangents[0]
+    args = jax.tree.map(lambda a: _tied_to(a, out_cotangent), args)
+    _, pullback = jax.vjp(lambda s, a: _remat_apply.fun(graphdef, s, a)[0], state, args)
+    return pullback(out_cotangent)
+
+
+_remat_apply.defvjp(_remat_fwd, _remat_bwd)
+
+
 def _remat_class(cls: type) -> type:
-    """A subclass of `cls` whose __call__ runs under `nnx.remat` (activations recomputed in backward)."""
+    """A subclass of `cls` whose __call__ recomputes its activations in the backward pass."""
     if cls not in _REMAT_CLASSES:
-        call = nnx.remat(cls.__call__)
+        def __call__(self, *args):
+            graphdef, state = nnx.split(self)
+            outputs, new_state = _remat_apply(graphdef, nnx.as_pure(state), args)
+            nnx.update(self, new_state)
+            return outputs
 
-        def __call__(self, *args, **kwargs):
-            return call(self, *args, **kwargs)
-
-        _REMAT_CLASSES[cls] = type(f"Remat{cls.__name__}", (cls,), {"__call__": __call__,
+        _REMAT_CLASSES[cls] = type(f"Remat{cls.__name__}", (cls,), {"__call__": __call__, "plain_call": cls.__call__,
                                                                    "__module__": cls.__module__})
     return _REMAT_CLASSES[cls]
 
@@ -66,16 +107,26 @@ def _is_composite(module: nnx.Module) -> bool:
     return any(isinstance(c, nnx.Module) for _, c in nnx.iter_children(module))
 
 
+def _block_list(module: nnx.Module) -> bool:
+    """Whether `module` is a list of blocks: a Sequential/List whose parameter-holding items are all
+    composite (a ResNet stage, PyTorchVideo's `blocks`), not a conv -> BN -> ReLU chain."""
+    if not isinstance(module, (Sequential, nnx.List)):
+        return False
+    items = [m for m in module if isinstance(m, nnx.Module) and _has_params(m)]
+    return bool(items) and all(_is_composite(m) for m in items)
+
+
 def remat_blocks(model: nnx.Module) -> list[nnx.Module]:
-    """The blocks `--remat` checkpoints, found without knowing the model: each child of the model
-    holding parameters; a child that is a `Sequential` of composite blocks (a ResNet stage) is
-    replaced by its blocks."""
+    """The blocks `--remat` checkpoints, found without knowing the model: each parameter-holding
+    child of the model, where a list of blocks (a ResNet stage) and a module that holds one (a
+    PyTorchVideo stage, a SlowFast pathway pair) are replaced by the blocks inside, recursively."""
     blocks = []
     for _, child in nnx.iter_children(model):
         if not isinstance(child, nnx.Module) or not _has_params(child):
             continue
-        if isinstance(child, Sequential) and all(_is_composite(b) for b in child if _has_params(b)):
-            blocks.extend(b for b in child if _has_params(b))
+        if _block_list(child) or any(_block_list(c) for _, c in nnx.iter_children(child)
+                                     if isinstance(c, nnx.Module)):
+            blocks.extend(remat_blocks(child))
         else:
             blocks.append(child)
     return blocks
