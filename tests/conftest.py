@@ -23,12 +23,22 @@ def manifests() -> dict[str, dict[str, list[int]]]:
     return json.loads((DATA / "state_dict_manifests.json").read_text())
 
 
-# Files whose tests run train.py subprocesses take minutes; collected first, so that with
-# pytest-xdist (--dist loadfile) they start at once instead of leaving one worker busy at the end.
-LONG_FILES = ("test_parallel.py", "test_resume.py", "test_two_d_vs_three_d.py", "test_train.py")
+# Files whose tests run train.py subprocesses take minutes, then the parity tests; both are
+# collected first, so that pytest-xdist starts them at once instead of leaving one worker busy at
+# the end.
+LONG_FILES = ("test_parallel.py", "test_resume.py", "test_two_d_vs_three_d.py", "test_train.py", "test_parity_")
 
 
 def pytest_collection_modifyitems(items):
-    """Long-running files first (stable otherwise)."""
-    rank = {name: i for i, name in enumerate(LONG_FILES)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(LONG_FILES)))
+    """Long-running files first (stable otherwise). With `--dist loadgroup` (pyproject.toml) every
+    test is scheduled on its own, except tests sharing a module-scoped fixture: those run in one
+    worker (an xdist group per file), so the fixture is built once."""
+    def rank(item):
+        return next((i for i, name in enumerate(LONG_FILES) if item.path.name.startswith(name)), len(LONG_FILES))
+
+    items.sort(key=rank)
+    for item in items:
+        fixturedefs = getattr(item, "_fixtureinfo", None)
+        scopes = {d.scope for defs in (fixturedefs.name2fixturedefs.values() if fixturedefs else ()) for d in defs}
+        if "module" in scopes:
+            item.add_marker(pytest.mark.xdist_group(item.path.name))
