@@ -40,7 +40,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--impls", default="lax,time2d,im2col,shift_add")
+    p.add_argument("--impls", default="lax,time2d,time2d_lax_grad,im2col,shift_add")
     p.add_argument("--layers", default="", help="comma-separated substrings selecting layers")
     args = p.parse_args(argv)
     import jax

@@ -40,11 +40,13 @@ def _applies(impl, case):
         return groups > 1 and groups == xs[-1]
     if impl == "im2col":
         return groups == 1 and strides == (1, 1, 1) and dilation == (1, 1, 1)
+    if impl == "time2d_lax_grad":
+        return groups == 1 and strides == (1, 1, 1) and ks[1:3] != (1, 1)
     return True
 
 
 # Every formulation that is not XLA's own conv, on every case it covers; "auto" as CPU picks it.
-IMPL_CASES = [(impl, case) for impl in ("auto", "time2d", "im2col", "shift_add") for case in CASES
+IMPL_CASES = [(impl, case) for impl in ("auto", "time2d", "time2d_lax_grad", "im2col", "shift_add") for case in CASES
               if _applies(impl, case)]
 
 
@@ -86,6 +88,9 @@ def test_auto_selection_on_cpu():
         assert sel((3, 3, 3, 1, 8), groups=8) == "lax"
     with conv_ops.conv_impl("shift_add"):  # does not apply to a dense conv: falls back to auto
         assert sel((3, 3, 3, 8, 8)) == "time2d"
+    with conv_ops.conv_impl("time2d_lax_grad"):  # stride-1 convs with a spatial kernel only
+        assert sel((3, 3, 3, 8, 8)) == sel((1, 3, 3, 8, 8)) == "time2d_lax_grad"
+        assert sel((3, 3, 3, 8, 8), strides=(1, 2, 2)) == sel((3, 1, 1, 8, 8)) == "time2d"
 
 
 def test_environment_override(monkeypatch):
