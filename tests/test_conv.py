@@ -46,8 +46,8 @@ def _applies(impl, case):
 
 
 # Every formulation that is not XLA's own conv, on every case it covers; "auto" as CPU picks it.
-IMPL_CASES = [(impl, case) for impl in ("auto", "time2d", "time2d_lax_grad", "im2col", "shift_add") for case in CASES
-              if _applies(impl, case)]
+IMPL_CASES = [(impl, case) for impl in ("auto", "time2d", "time2d_lax_grad", "im2col", "shift_add")
+              for case in CASES if _applies(impl, case)]
 
 
 @pytest.mark.parametrize("impl,case", IMPL_CASES,

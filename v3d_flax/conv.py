@@ -8,8 +8,8 @@ autodiff, backward); they differ only in speed, which depends on the backend:
 - "time2d":    time folded into the batch, one 2D conv per temporal tap, summed. XLA:CPU's 2D conv
                path is much faster than its 3D one.
 - "time2d_lax_grad": "time2d"'s forward with the backward of "lax" (both gradients as XLA's
-               native 3D conv transposes). On XLA:CPU the 2D convs' backward (the kernel gradient
-               above all) is 2-4x slower than the 3D one for stride-1 convs, while the 3D backward
+               native 3D conv transposes). On XLA:CPU the 2D convs' forward+backward is 2-3.4x
+               slower than the 3D one for stride-1 convs (bench_conv), while the 3D backward
                of strided convs is 7x slower than the 2D one; only the input and kernel are saved
                for the backward, not the per-tap frame copies. Opt-in for now (not yet under
                "auto"): r3d_18's train step at 16x112x112 runs 2.0x faster with it, at 8x56x56 only
