@@ -116,6 +116,12 @@ def test_resume_at_step_k_equals_step_k_of_a_fresh_iterator(data_dir):
         resumed = _batches(data.train_batches(TINY, start_step=k, **kw), 2)
         for got, want in zip(resumed, fresh[k:k + 2]):
             assert np.array_equal(got["video"], want["video"]) and np.array_equal(got["label"], want["label"])
+    bounded = list(data.train_batches(TINY, start_step=3, stop_step=6, **kw))  # a run's steps [3, 6), then the end
+    assert len(bounded) == 3
+    for got, want in zip(bounded, fresh[3:6]):
+        assert np.array_equal(got["video"], want["video"]) and np.array_equal(got["label"], want["label"])
+    with pytest.raises(ValueError, match="stop_step must be an integer >= 3"):
+        data.train_batches(TINY, start_step=3, stop_step=2, **kw)
 
 
 def test_processes_together_see_the_single_process_batch(data_dir):

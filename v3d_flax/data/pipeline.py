@@ -105,17 +105,20 @@ def _numpy_batches(ds: tf.data.Dataset, keys: tuple[str, ...]):
 
 
 def train_batches(name: str, *, data_dir, global_batch_size: int, num_frames: int, crop_size: int, model_name: str,
-                  seed: int, start_step: int = 0, process_index: int = 0, process_count: int = 1,
-                  frame_stride: int = 1, flip: bool = True):
-    """Endless training batches {"video": float32 (B, T, H, W, 3) normalised NDHWC, "label": int32 (B,)}.
+                  seed: int, start_step: int = 0, stop_step: int | None = None, process_index: int = 0,
+                  process_count: int = 1, frame_stride: int = 1, flip: bool = True):
+    """Training batches {"video": float32 (B, T, H, W, 3) normalised NDHWC, "label": int32 (B,)}.
 
     B = global_batch_size // process_count. Batch k of this iterator is global step start_step + k;
-    see the module docstring for the determinism contract. `flip=False` turns horizontal flips off.
+    see the module docstring for the determinism contract. Endless unless `stop_step` is given (then
+    the steps [start_step, stop_step)). `flip=False` turns horizontal flips off.
     Raises DatasetNotPreparedError / ValueError at call time, not at the first batch.
     """
     for what, value, minimum in (("num_frames", num_frames, 1), ("crop_size", crop_size, 1), ("seed", seed, 0),
                                  ("start_step", start_step, 0), ("frame_stride", frame_stride, 1)):
         _check_int(what, value, minimum)
+    if stop_step is not None:
+        _check_int("stop_step", stop_step, start_step)
     local = _check_processes(global_batch_size, process_index, process_count, "global_batch_size")
     mean, std = normalization_for(model_name)
     source = open_source(name, data_dir)
@@ -140,7 +143,9 @@ def train_batches(name: str, *, data_dir, global_batch_size: int, num_frames: in
         return transforms.normalize(clip, mean, std), label
 
     # Python only reads the records of each step (cheap); decoding and augmentation run in parallel in TF.
-    ds = tf.data.Dataset.range(int(start_step), _ENDLESS).map(
+    # A bounded run ends its pipeline with its last step: an endless one still has reads in flight
+    # when the iterator is deleted, and that deletion was seen to stall for about a minute.
+    ds = tf.data.Dataset.range(int(start_step), _ENDLESS if stop_step is None else int(stop_step)).map(
         lambda k: _shaped(tf.numpy_function(read_step, [k], (tf.string, tf.float32)),
                           [local], [local, NUM_UNIFORMS]))
     ds = (ds.unbatch().map(make_clip, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)

@@ -152,7 +152,8 @@ def _train(config, defs, tx, schedule, state, start_step, window, mesh, info, ck
     batches = data.train_batches(
         config.dataset, data_dir=config.data_dir, global_batch_size=micro_batch, num_frames=config.num_frames,
         crop_size=config.crop_size, model_name=config.model, seed=config.seed,
-        start_step=start_step * config.grad_accum, process_index=jax.process_index(),
+        start_step=start_step * config.grad_accum, stop_step=config.steps * config.grad_accum,
+        process_index=jax.process_index(),
         process_count=jax.process_count())
     if data_init:
         first = next(batches)
