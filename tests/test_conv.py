@@ -80,17 +80,16 @@ def test_auto_selection_on_cpu():
                                                                       groups=groups, dilation=(1, 1, 1))
     assert jax.default_backend() == "cpu"
     assert sel((3, 3, 3, 1, 8), groups=8) == "shift_add"
-    assert sel((3, 3, 3, 8, 8)) == "time2d"
-    assert sel((3, 3, 3, 8, 8), strides=(2, 2, 2)) == "time2d"
+    assert sel((3, 3, 3, 8, 8)) == sel((1, 3, 3, 8, 8)) == "time2d_lax_grad"  # stride 1, spatial kernel
+    assert sel((3, 3, 3, 8, 8), strides=(2, 2, 2)) == sel((3, 1, 1, 8, 8)) == "time2d"
     assert conv_ops.select_impl(jnp.zeros((1, 4, 16, 16, 3)), jnp.zeros((3, 7, 7, 3, 8)), strides=(1, 1, 1),
                                 groups=1, dilation=(1, 1, 1)) == "im2col"
     with conv_ops.conv_impl("lax"):
         assert sel((3, 3, 3, 1, 8), groups=8) == "lax"
     with conv_ops.conv_impl("shift_add"):  # does not apply to a dense conv: falls back to auto
+        assert sel((3, 3, 3, 8, 8)) == "time2d_lax_grad"
+    with conv_ops.conv_impl("time2d"):
         assert sel((3, 3, 3, 8, 8)) == "time2d"
-    with conv_ops.conv_impl("time2d_lax_grad"):  # stride-1 convs with a spatial kernel only
-        assert sel((3, 3, 3, 8, 8)) == sel((1, 3, 3, 8, 8)) == "time2d_lax_grad"
-        assert sel((3, 3, 3, 8, 8), strides=(1, 2, 2)) == sel((3, 1, 1, 8, 8)) == "time2d"
 
 
 def test_environment_override(monkeypatch):

@@ -11,9 +11,11 @@ autodiff, backward); they differ only in speed, which depends on the backend:
                native 3D conv transposes). On XLA:CPU the 2D convs' forward+backward is 2-3.4x
                slower than the 3D one for stride-1 convs (bench_conv), while the 3D backward
                of strided convs is 7x slower than the 2D one; only the input and kernel are saved
-               for the backward, not the per-tap frame copies. Opt-in for now (not yet under
-               "auto"): r3d_18's train step at 16x112x112 runs 2.0x faster with it, at 8x56x56 only
-               1.02x, and at tiny clips XLA's memory plan no longer shrinks under --remat.
+               for the backward, not the per-tap frame copies. "auto" on CPU for stride-1
+               ungrouped convs with a spatial kernel: r3d_18's train step at 16x112x112 runs 2.0x
+               faster with it (1.02-1.05x at 8x56x56) and its per-clip memory plan drops 291 -> 178
+               MiB. Reverse-mode only (a `jax.custom_vjp`): `jax.jvp` through such a conv fails;
+               force "time2d" for forward-mode differentiation.
 - "im2col":    a (kT*kH*kW*C_in)-wide patch matrix times the kernel; for stride-1 ungrouped convs
                on tiny spatial maps or 3-channel inputs, where XLA:CPU's conv is pathological.
 - "shift_add": depthwise (groups == C_in) conv as kT*kH*kW shifted multiply-adds; XLA:CPU's
@@ -110,7 +112,7 @@ def select_impl(x, kernel, *, strides, groups, dilation) -> str:
         return "shift_add"
     if _im2col_applies(strides, groups, dilation) and (x.shape[2] * x.shape[3] <= 16 or x.shape[-1] <= 4):
         return "im2col"
-    return "time2d"
+    return "time2d_lax_grad" if _lax_grad_applies(kernel, strides, groups) else "time2d"
 
 
 def _platform(x) -> str:
