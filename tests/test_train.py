@@ -183,8 +183,8 @@ def test_remat_changes_nothing_but_memory():
 def test_remat_cuts_the_activation_memory_xla_plans():
     """XLA's compiled plan for the train step: the memory added per clip (activations kept for the
     backward pass) at least halves with --remat. Measured at r3d_18 8x32x32, batch 32 -> 48: 5.7 ->
-    1.9 MiB per clip. The batches are large enough for activations to dominate the plan: below
-    about 24 such clips its peak is the optimizer update's (33M parameters), the same either way."""
+    1.9 MiB per clip. The batches are large enough for activations to dominate the plan: its other
+    peak, the optimizer update of 33M parameters (~133 MiB), outweighs them below ~24 such clips."""
     def planned_bytes(remat, batch):
         model = build_model("r3d_18", num_classes=5, num_frames=8, crop_size=32, seed=0, remat=remat)
         defs, mstate = split_model(model)
