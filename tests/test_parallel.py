@@ -37,21 +37,14 @@ def _assert_close(losses, reference, rtol=1e-4):
                                err_msg=f"losses at steps {steps}")
 
 
-_RUNS = {}  # the module fixture's run, kept for the session (see the fixture)
-
-
 @pytest.fixture(scope="module")
 def sharded_run(tmp_path_factory):
-    """The default path on 1 process x 4 devices (read-only for the tests). Computed once per
-    worker: pytest-xdist can run other files' tests between this file's, and pytest then tears the
-    module fixture down and builds it again (measured: twice, ~200 s each on a slow machine)."""
-    if "sharded" not in _RUNS:
-        workdir = tmp_path_factory.mktemp("sharded")
-        result = train([*ARGS, "--workdir", str(workdir)], devices=4)
-        assert result.returncode == 0, result.stderr[-3000:]
-        assert "4 device(s) x 1 process(es)" in result.stdout
-        _RUNS["sharded"] = workdir
-    return _RUNS["sharded"]
+    """The default path on 1 process x 4 devices."""
+    workdir = tmp_path_factory.mktemp("sharded")
+    result = train([*ARGS, "--workdir", str(workdir)], devices=4)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "4 device(s) x 1 process(es)" in result.stdout
+    return workdir
 
 
 def test_pmap_matches_sharded_jit(sharded_run, tmp_path):

@@ -22,19 +22,12 @@ def _comparable(records):
     return [{k: v for k, v in r.items() if k != "clips_per_sec"} for r in records]
 
 
-_RUNS = {}
-
-
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
-    """The uninterrupted run (read-only for the tests), computed once per worker even when
-    pytest-xdist interleaves other files' tests and pytest rebuilds the module fixture."""
-    if "reference" not in _RUNS:
-        workdir = tmp_path_factory.mktemp("reference")
-        result = train([*ARGS, "--workdir", str(workdir)])
-        assert result.returncode == 0, result.stderr[-3000:]
-        _RUNS["reference"] = workdir
-    return _RUNS["reference"]
+    workdir = tmp_path_factory.mktemp("reference")
+    result = train([*ARGS, "--workdir", str(workdir)])
+    assert result.returncode == 0, result.stderr[-3000:]
+    return workdir
 
 
 def test_reference_run_resumes_as_a_no_op(reference, tmp_path):
