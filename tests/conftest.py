@@ -29,6 +29,7 @@ def manifests() -> dict[str, dict[str, list[int]]]:
 LONG_FILES = ("test_parallel.py", "test_resume.py", "test_two_d_vs_three_d.py", "test_train.py", "test_parity_")
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's worker hook reads the xdist_group markers
 def pytest_collection_modifyitems(items):
     """Long-running files first (stable otherwise). With `--dist loadgroup` (pyproject.toml) every
     test is scheduled on its own, except tests sharing a module-scoped fixture: those run in one
