@@ -98,6 +98,21 @@ def jitted_forward(model, x, *methods: str):
     return [np.asarray(o) for o in outs]
 
 
+def eval_pair(tm, fm, inputs):
+    """Eval-mode logits and features of the torch reference and its Flax twin on NCDHW `inputs` (an
+    array, or a list of arrays for multi-pathway models): (ref, got, ref_features, got_features)."""
+    if isinstance(inputs, np.ndarray):
+        inputs = [inputs]
+    tm.eval()
+    fm.eval()
+    with torch.no_grad():
+        ref = _torch_call(tm, inputs).numpy()
+        ref_features = _torch_call(tm.forward_features, inputs).numpy()
+    with jax.default_matmul_precision("float32"):
+        got, got_features = jitted_forward(fm, _flax_inputs(inputs), "__call__", "forward_features")
+    return ref, got, ref_features, got_features
+
+
 def input_gradient_error(tm, fm, inputs, weights) -> float:
     """Train-mode gradient of sum(logits * weights) w.r.t. the input, Flax vs torch, both in float64.
 
@@ -179,13 +194,7 @@ def check_parity(name: str, input_shapes, *, num_classes: int = 10, seed: int = 
     tm, fm = build_pair(name, num_classes=num_classes, seed=seed, **kwargs)
     report = ParityReport()
     with jax.default_matmul_precision("float32"):
-        # eval mode
-        tm.eval()
-        fm.eval()
-        with torch.no_grad():
-            ref = _torch_call(tm, inputs).numpy()
-            ref_features = _torch_call(tm.forward_features, inputs).numpy()
-        got, got_features = jitted_forward(fm, _flax_inputs(inputs), "__call__", "forward_features")
+        ref, got, ref_features, got_features = eval_pair(tm, fm, inputs)
         report.errors["eval_output"] = rel_err(ref, got)
         report.errors["eval_features"] = rel_err(ref_features, got_features)
 

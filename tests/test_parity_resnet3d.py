@@ -1,12 +1,9 @@
 """Parity of torchvision's video ResNets and C3D: Flax against the PyTorch reference."""
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
-import torch
 
-from parity import TOL, build_pair, check_parity, jitted_forward, ncdhw_to_ndhwc, rel_err
+from parity import TOL, build_pair, check_parity, eval_pair, rel_err
 
 # Small clips keep the suite fast. In train mode, BatchNorm over very few elements (layer4 sees
 # 1x2x2 per clip at 8x32x32) makes float32 outputs ill-conditioned for the 34-layer nets:
@@ -30,11 +27,5 @@ def test_c3d_eval_parity_odd_size():
     # dropout is off in parity runs, so train mode computes the same function: test_c3d_parity has
     # already checked it and the gradient; here the eval outputs and features of this clip size.
     x = np.random.RandomState(0).randn(1, 3, 16, 48, 48).astype(np.float32)
-    tm, fm = build_pair("c3d", num_frames=16, crop_size=48)
-    tm.eval()
-    fm.eval()
-    with torch.no_grad():
-        ref, ref_features = tm(torch.from_numpy(x)).numpy(), tm.forward_features(torch.from_numpy(x)).numpy()
-    with jax.default_matmul_precision("float32"):
-        got, got_features = jitted_forward(fm, jnp.asarray(ncdhw_to_ndhwc(x)), "__call__", "forward_features")
+    ref, got, ref_features, got_features = eval_pair(*build_pair("c3d", num_frames=16, crop_size=48), x)
     assert rel_err(ref, got) < TOL and rel_err(ref_features, got_features) < TOL

@@ -5,25 +5,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import torch
 from flax import nnx
 
 import v3d_flax
-from parity import build_pair, check_parity, flax_model_without_init, jitted_forward, ncdhw_to_ndhwc, rel_err
+from parity import build_pair, check_parity, eval_pair, flax_model_without_init, jitted_forward, ncdhw_to_ndhwc, rel_err
 from v3d_flax import port
 from v3d_flax.models import resnet50 as flax_r50
 from v3d_torch_ref.models import resnet50 as torch_r50
-
-
-def _eval_pair(tm, fm, x):
-    tm.eval()
-    fm.eval()
-    with torch.no_grad():
-        ref, ref_feat = tm(torch.from_numpy(x)).numpy(), tm.forward_features(torch.from_numpy(x)).numpy()
-    with jax.default_matmul_precision("float32"):
-        xf = jnp.asarray(ncdhw_to_ndhwc(x))
-        got, got_feat = jitted_forward(fm, xf, "__call__", "forward_features")
-    return ref, got, ref_feat, got_feat
 
 
 # 64x64 leaves res5 a 2x2 map and batch 2 gives train-mode BatchNorm 8+ values per channel. On such
@@ -88,10 +76,10 @@ def test_fixed_head_pool_kernel_matches_reference():
     (overlapping windows, proj, then the mean over windows); equal to global pooling where they fit."""
     x = np.random.RandomState(2).randn(1, 3, 8, 64, 64).astype(np.float32)  # c2d: res5 map 4x2x2
     tm, fm = build_pair("c2d_r50", num_classes=5, head_pool_kernel=(2, 1, 2))
-    ref, got, ref_feat, got_feat = _eval_pair(tm, fm, x)
+    ref, got, ref_feat, got_feat = eval_pair(tm, fm, x)
     assert rel_err(ref, got) < 1e-4 and rel_err(ref_feat, got_feat) < 1e-4
     tg, fg = build_pair("c2d_r50", num_classes=5)
-    glob = _eval_pair(tg, fg, x)[1]
+    glob = eval_pair(tg, fg, x)[1]
     assert rel_err(glob, got) > 1e-3  # overlapping windows differ from a global mean here
     fm_fit = flax_model_without_init("c2d_r50", num_classes=5, head_pool_kernel=(4, 2, 2))
     port.from_torch(fm_fit, tg.state_dict())

@@ -8,22 +8,10 @@ import torch
 from flax import nnx
 
 import v3d_flax
-from parity import build_pair, check_parity, flax_model_without_init, jitted_forward, ncdhw_to_ndhwc, rel_err
+from parity import build_pair, check_parity, eval_pair, flax_model_without_init, jitted_forward, ncdhw_to_ndhwc, rel_err
 from v3d_flax import port
 from v3d_flax.models import slowfast as flax_sf
 from v3d_torch_ref.models import slowfast as torch_sf
-
-
-def _eval_pair(tm, fm, inputs):
-    tm.eval()
-    fm.eval()
-    with torch.no_grad():
-        ref = tm([torch.from_numpy(x) for x in inputs]).numpy()
-        ref_feat = tm.forward_features([torch.from_numpy(x) for x in inputs]).numpy()
-    with jax.default_matmul_precision("float32"):
-        xs = tuple(jnp.asarray(ncdhw_to_ndhwc(x)) for x in inputs)
-        got, got_feat = jitted_forward(fm, xs, "__call__", "forward_features")
-    return ref, got, ref_feat, got_feat
 
 
 @pytest.mark.parametrize("name", ["slowfast_r50", "slowfast_r101"])
@@ -71,7 +59,7 @@ def test_fixed_head_pool_kernels_match_reference_and_global_pool_at_their_size()
     rng = np.random.RandomState(1)
     fitting = [rng.randn(1, 3, 2, 32, 32).astype(np.float32), rng.randn(1, 3, 8, 32, 32).astype(np.float32)]
     tm, fm = build_pair("slowfast_r50", num_classes=5, head_pool_kernels=((2, 1, 1), (8, 1, 1)))
-    ref, got, _, _ = _eval_pair(tm, fm, fitting)
+    ref, got, _, _ = eval_pair(tm, fm, fitting)
     assert rel_err(ref, got) < 1e-4
     glob = flax_model_without_init("slowfast_r50", num_classes=5)
     port.from_torch(glob, tm.state_dict())
@@ -91,7 +79,7 @@ def test_fixed_head_pool_kernels_match_reference_and_global_pool_at_their_size()
     # 3 slow / 12 fast frames: final maps (3, 1, 1) / (12, 1, 1); kernels 2 and 11 give 2 windows each.
     larger = [rng.randn(1, 3, 3, 32, 32).astype(np.float32), rng.randn(1, 3, 12, 32, 32).astype(np.float32)]
     tm, fm = build_pair("slowfast_r50", num_classes=5, head_pool_kernels=((2, 1, 1), (11, 1, 1)))
-    ref, got, _, _ = _eval_pair(tm, fm, larger)
+    ref, got, _, _ = eval_pair(tm, fm, larger)
     assert rel_err(ref, got) < 1e-4
     port.from_torch(glob, tm.state_dict())
     with jax.default_matmul_precision("float32"):

@@ -8,7 +8,7 @@ import torch
 from flax import nnx
 
 import v3d_flax
-from parity import build_pair, check_parity, flax_model_without_init, jitted_forward, ncdhw_to_ndhwc, rel_err
+from parity import build_pair, check_parity, eval_pair, flax_model_without_init, jitted_forward, ncdhw_to_ndhwc, rel_err
 from v3d_flax import port
 from v3d_flax.models import x3d as flax_x3d
 import v3d_torch_ref
@@ -17,17 +17,6 @@ from v3d_torch_ref.models import x3d as torch_x3d
 
 def torch_x3d_create(name):
     return v3d_torch_ref.create_model(name, num_classes=7)
-
-
-def _eval_pair(tm, fm, x):
-    tm.eval()
-    fm.eval()
-    with torch.no_grad():
-        ref, ref_feat = tm(torch.from_numpy(x)).numpy(), tm.forward_features(torch.from_numpy(x)).numpy()
-    with jax.default_matmul_precision("float32"):
-        xf = jnp.asarray(ncdhw_to_ndhwc(x))
-        got, got_feat = jitted_forward(fm, xf, "__call__", "forward_features")
-    return ref, got, ref_feat, got_feat
 
 
 # X3D-XS/S/M share one network (they differ only in the clip they are trained on: the test below
@@ -87,7 +76,7 @@ def test_fixed_head_pool_kernel_matches_reference_and_global_pool_at_its_size():
     tm, fm = build_pair("x3d_xs", num_classes=5, head_pool_kernel=(2, 2, 2))
     rng = np.random.RandomState(1)
     fitting = rng.randn(1, 3, 2, 64, 64).astype(np.float32)  # final map (2, 2, 2)
-    ref, got, ref_feat, got_feat = _eval_pair(tm, fm, fitting)
+    ref, got, ref_feat, got_feat = eval_pair(tm, fm, fitting)
     assert rel_err(ref, got) < 1e-4 and rel_err(ref_feat, got_feat) < 1e-4
     glob = flax_model_without_init("x3d_xs", num_classes=5)
     port.from_torch(glob, tm.state_dict())
@@ -96,7 +85,7 @@ def test_fixed_head_pool_kernel_matches_reference_and_global_pool_at_its_size():
         np.testing.assert_allclose(jitted_forward(glob, jnp.asarray(ncdhw_to_ndhwc(fitting)), "__call__")[0], got,
                                    rtol=1e-5, atol=1e-6)
     larger = rng.randn(1, 3, 3, 96, 96).astype(np.float32)  # final map (3, 3, 3): 8 overlapping windows
-    ref, got, _, _ = _eval_pair(tm, fm, larger)
+    ref, got, _, _ = eval_pair(tm, fm, larger)
     assert rel_err(ref, got) < 1e-4
     with jax.default_matmul_precision("float32"):
         other = jitted_forward(glob, jnp.asarray(ncdhw_to_ndhwc(larger)), "__call__")[0]
