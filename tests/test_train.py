@@ -10,7 +10,7 @@ import optax
 import pytest
 from flax import nnx
 
-from trainrun import TINY, metrics, train
+from trainrun import TINY, TINY_DATASET, metrics, train
 from v3d_flax.train import TrainConfig, TrainingDiverged, resolve, run
 from v3d_flax.train.checkpointing import Checkpointer
 from v3d_flax.train.state import (apply_remat, build_model, build_optimizer, decay_mask, init_state, is_key,
@@ -75,8 +75,8 @@ def test_missing_accelerator_is_one_line_naming_the_devices(tmp_path):
 
 
 def _tiny_config(workdir, **kw):
-    base = dict(model="r3d_18", workdir=str(workdir), num_frames=4, crop_size=16, batch_size=8,
-                eval_batch_size=16, log_every=2, lr=0.05, warmup_steps=2, progress=False)
+    base = dict(model="r3d_18", dataset=TINY_DATASET, workdir=str(workdir), num_frames=4, crop_size=16,
+                batch_size=8, eval_batch_size=16, log_every=2, lr=0.05, warmup_steps=2, progress=False)
     base.update(kw)
     return TrainConfig(**base)
 
@@ -243,8 +243,8 @@ def test_c3d_data_dependent_init_normalises_every_layer_on_the_batch():
 
 
 def test_fresh_c3d_run_starts_from_the_data_dependent_init_and_a_resumed_one_does_not(tmp_path, capsys):
-    config = TrainConfig(model="c3d", workdir=str(tmp_path), steps=1, batch_size=4, eval_batch_size=100,
-                         log_every=1, progress=False)
+    config = TrainConfig(model="c3d", dataset=TINY_DATASET, workdir=str(tmp_path), steps=1, batch_size=4,
+                         eval_batch_size=16, log_every=1, progress=False)
     run(config)
     assert "data-dependent init" in capsys.readouterr().out
     first = [r for r in metrics(tmp_path) if r["split"] == "train"]
