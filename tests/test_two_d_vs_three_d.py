@@ -18,7 +18,7 @@ from v3d_flax.train.evaluation import summarise
 from v3d_flax.train.state import build_optimizer, init_state, split_model
 from v3d_flax.train.steps import make_eval_step, make_train_step
 
-FRAMES, CROP, BATCH, STEPS = 8, 16, 16, 400
+FRAMES, CROP, BATCH, STEPS, LR = 8, 16, 16, 200, 1e-2
 
 
 class TinyVideoNet(nnx.Module):
@@ -43,7 +43,7 @@ class TinyVideoNet(nnx.Module):
 def _fit_and_evaluate(temporal_kernel: int, info) -> float:
     model = TinyVideoNet(info.num_classes, temporal_kernel, rngs=nnx.Rngs(0))
     defs, mstate = split_model(model)
-    config = resolve(TrainConfig(model="c3d", workdir="-", lr=3e-3, steps=STEPS, warmup_steps=10, batch_size=BATCH,
+    config = resolve(TrainConfig(model="c3d", workdir="-", lr=LR, steps=STEPS, warmup_steps=10, batch_size=BATCH,
                                  optimizer="adamw", weight_decay=1e-4))
     tx, schedule = build_optimizer(config, STEPS)
     state = init_state(mstate, tx)
