@@ -200,8 +200,11 @@ def conv3d_im2col(x: jax.Array, kernel: jax.Array, *, padding) -> jax.Array:
     kt, kh, kw, cin, cout = kernel.shape
     xp = jnp.pad(x, ((0, 0), *[tuple(p) for p in padding], (0, 0)))
     t, h, w = xp.shape[1] - kt + 1, xp.shape[2] - kh + 1, xp.shape[3] - kw + 1
-    patches = jnp.concatenate([xp[:, a:a + t, b:b + h, c:c + w] for a in range(kt) for b in range(kh)
-                               for c in range(kw)], axis=-1)
+    # Built one axis at a time (kW, then kH, then kT shifts): three small concatenations compile in
+    # about half the time of one with kT*kH*kW operands, and run as fast or faster.
+    patches = jnp.concatenate([xp[:, :, :, c:c + w] for c in range(kw)], axis=-1)
+    patches = jnp.concatenate([patches[:, :, b:b + h] for b in range(kh)], axis=-1)
+    patches = jnp.concatenate([patches[:, a:a + t] for a in range(kt)], axis=-1)
     return patches @ kernel.reshape(kt * kh * kw * cin, cout)
 
 
