@@ -128,7 +128,8 @@ def input_gradient_error(tm, fm, inputs, weights) -> float:
     _flax_train_mode(fm)
     graphdef, state = nnx.split(fm)
     with jax.enable_x64(True):
-        state64 = jax.tree.map(lambda a: a.astype(jnp.float64) if a.dtype == jnp.float32 else a, nnx.as_pure(state))
+        # cast on the host: an eager astype compiles one tiny program per weight shape
+        state64 = jax.tree.map(lambda a: np.asarray(a, np.float64) if a.dtype == jnp.float32 else a, nnx.as_pure(state))
         xs = tuple(jnp.asarray(ncdhw_to_ndhwc(x.astype(np.float64))) for x in inputs)
 
         def loss(xs, state):

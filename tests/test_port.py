@@ -10,6 +10,7 @@ from flax import nnx
 
 import v3d_flax
 import v3d_torch_ref
+from parity import flax_model_without_init
 from v3d_flax import port
 
 TORCHVISION = ["r3d_18", "mc3_18", "r2plus1d_18"]
@@ -19,8 +20,7 @@ TORCHVISION = ["r3d_18", "mc3_18", "r2plus1d_18"]
 def r3d_pair():
     torch.manual_seed(0)
     tm = v3d_torch_ref.create_model("r3d_18", num_classes=5)
-    fm = v3d_flax.create_model("r3d_18", num_classes=5, rngs=nnx.Rngs(0))
-    return tm, fm
+    return tm, flax_model_without_init("r3d_18", num_classes=5)
 
 
 @pytest.mark.parametrize("name", TORCHVISION)
@@ -31,7 +31,7 @@ def test_reference_keys_and_shapes_equal_torchvision(name, manifests):
 
 @pytest.mark.parametrize("name", TORCHVISION)
 def test_torchvision_source_maps_every_manifest_key(name, manifests):
-    flax_model = v3d_flax.create_model(name, num_classes=400, rngs=nnx.Rngs(0))
+    flax_model = nnx.eval_shape(lambda: v3d_flax.create_model(name, num_classes=400, rngs=nnx.Rngs(0)))
     expected = port.torch_shapes(flax_model)
     renamed = port.rename_keys(manifests[f"torchvision/{name}"], "torchvision", name)
     assert {k: tuple(v) for k, v in renamed.items()} == expected
@@ -43,14 +43,15 @@ def test_strict_error_names_missing_unexpected_and_misshaped_keys(r3d_pair):
     del sd["layer1.0.conv1.0.weight"]
     sd["layer9.extra.weight"] = torch.zeros(3)
     sd["fc.weight"] = torch.zeros(7, 512)
-    before = np.asarray(fm.fc.kernel[...]).copy()
+    before = {name: np.asarray(p[...]).copy() for name, p in (("fc", fm.fc.kernel), ("stem", fm.stem[0].kernel))}
     with pytest.raises(port.PortError) as err:
         port.from_torch(fm, sd)
     msg = str(err.value)
     assert "missing keys (1): layer1.0.conv1.0.weight" in msg
     assert "unexpected keys (1): layer9.extra.weight" in msg
     assert "fc.weight (checkpoint (7, 512), model (5, 512))" in msg
-    np.testing.assert_array_equal(np.asarray(fm.fc.kernel[...]), before)  # nothing half-loaded
+    for name, p in (("fc", fm.fc.kernel), ("stem", fm.stem[0].kernel)):  # nothing half-loaded
+        np.testing.assert_array_equal(np.asarray(p[...]), before[name])
 
 
 def test_non_strict_loads_what_fits_and_reports_the_rest(r3d_pair):
@@ -72,7 +73,8 @@ def test_unknown_source_and_uncovered_model_are_refused(r3d_pair):
     tm, fm = r3d_pair
     with pytest.raises(ValueError, match="unknown source 'nope'; known sources: .*torchvision"):
         port.from_torch(fm, tm.state_dict(), source="nope")
-    c3d = v3d_flax.create_model("c3d", num_classes=5, num_frames=16, crop_size=32, rngs=nnx.Rngs(0))
+    c3d = nnx.eval_shape(lambda: v3d_flax.create_model("c3d", num_classes=5, num_frames=16, crop_size=32,
+                                                       rngs=nnx.Rngs(0)))
     with pytest.raises(ValueError, match="no key map for model 'c3d'"):
         port.from_torch(c3d, {}, source="torchvision")
 
@@ -119,7 +121,7 @@ def test_load_refuses_pickled_code(tmp_path):
 def test_c3d_fc6_columns_follow_the_flatten_order():
     torch.manual_seed(0)
     tm = v3d_torch_ref.create_model("c3d", num_classes=4, num_frames=16, crop_size=32).eval()
-    fm = v3d_flax.create_model("c3d", num_classes=4, num_frames=16, crop_size=32, rngs=nnx.Rngs(0))
+    fm = flax_model_without_init("c3d", num_classes=4, num_frames=16, crop_size=32)
     port.from_torch(fm, tm.state_dict())
     # pool5 of a 16x32x32 clip is 512 x 1 x 2 x 2; torch column c*4 + h*2 + w is Flax row (h*2 + w)*512 + c.
     w_t = tm.fc6.weight.detach().numpy()

@@ -9,7 +9,7 @@ from flax import nnx
 
 import v3d_flax
 import v3d_torch_ref
-from parity import ncdhw_to_ndhwc, rel_err
+from parity import flax_model_without_init, ncdhw_to_ndhwc, rel_err
 from v3d_flax import port
 
 # c3d.pickle's state_dict: 8 biased 3x3x3 convs, fc6 over pool5's 512x1x4x4 = 8192 features, 487 classes.
@@ -49,7 +49,7 @@ def test_sports1m_keys_map_onto_default_c3d():
 
 def test_sports1m_checkpoint_forward_matches_torch(sports1m_file):
     path, state = sports1m_file
-    fm = v3d_flax.create_model("c3d", num_classes=487, rngs=nnx.Rngs(0))
+    fm = flax_model_without_init("c3d", num_classes=487)
     assert not port.from_torch(fm, port.load_torch_checkpoint(path), source="c3d-sports1m")
     tm = v3d_torch_ref.create_model("c3d", num_classes=487)
     tm.load_state_dict(state, strict=True)
@@ -61,7 +61,7 @@ def test_sports1m_checkpoint_forward_matches_torch(sports1m_file):
         ref = tm(torch.from_numpy(x)).numpy()
     with jax.default_matmul_precision("float32"):
         xf = jnp.asarray(ncdhw_to_ndhwc(x))
-        got_fc6, got = np.asarray(fm.forward_features(xf, layer="fc6")), np.asarray(fm(xf))
+        got_fc6, got = nnx.jit(lambda m, x: (m.forward_features(x, layer="fc6"), m(x)))(fm, xf)
     assert rel_err(ref_fc6, got_fc6) < 1e-4  # fc6 reads an NDHWC flatten: its columns were permuted
     assert rel_err(ref, got) < 1e-4
 
@@ -69,7 +69,7 @@ def test_sports1m_checkpoint_forward_matches_torch(sports1m_file):
 def test_sports1m_fc6_columns_are_permuted(sports1m_file):
     """pool5 is 512x1x4x4: torch's fc6 column c*16 + h*4 + w (C, T, H, W order) is Flax row (h*4 + w)*512 + c."""
     path, state = sports1m_file
-    fm = v3d_flax.create_model("c3d", num_classes=487, rngs=nnx.Rngs(0))
+    fm = flax_model_without_init("c3d", num_classes=487)
     port.from_torch(fm, state, source="c3d-sports1m")
     w_torch = state["fc6.weight"].numpy()
     kernel = np.asarray(fm.fc6.kernel[...])

@@ -9,7 +9,7 @@ from flax import nnx
 
 import v3d_flax
 import v3d_torch_ref
-from parity import ncdhw_to_ndhwc, randomize_batchnorm, rel_err
+from parity import flax_model_without_init, ncdhw_to_ndhwc, randomize_batchnorm, rel_err
 from v3d_flax import port
 from v3d_torch_ref.models import i3d as ref_i3d
 
@@ -66,7 +66,7 @@ def test_pytorch_i3d_checkpoint_file_loads_and_matches(tmp_path, manifests):
     path = tmp_path / "rgb_imagenet.pt"
     torch.save(state, path)
 
-    fm = v3d_flax.create_model("i3d", num_classes=400, rngs=nnx.Rngs(0))
+    fm = flax_model_without_init("i3d", num_classes=400)
     report = port.from_torch(fm, port.load_torch_checkpoint(path), source="pytorch-i3d")
     assert not report
     tm = v3d_torch_ref.create_model("i3d", num_classes=400)
@@ -194,7 +194,7 @@ def _deepmind_forward(variables: dict, scope: str, x: np.ndarray) -> np.ndarray:
 def test_tf_checkpoint_rgb_and_flow(tf_checkpoint):
     path, rgb, flow, variables = tf_checkpoint
     x = np.random.RandomState(3).randn(1, 3, 10, 40, 40).astype(np.float32)
-    fm = v3d_flax.create_model("i3d", num_classes=400, rngs=nnx.Rngs(0))
+    fm = flax_model_without_init("i3d", num_classes=400)  # NaN weights: one the port misses shows
     assert not port.from_tf_checkpoint(fm, path, scope="RGB")
     ref, got = _eval_outputs(rgb, fm, x)
     assert rel_err(ref, got) < 1e-4
@@ -205,7 +205,7 @@ def test_tf_checkpoint_rgb_and_flow(tf_checkpoint):
     np.testing.assert_array_equal(np.asarray(fm.Mixed_5b.b2b.conv3d.kernel[...]),
                                   np.transpose(rgb.Mixed_5b.b2b.conv3d.weight.detach().numpy(), (2, 3, 4, 1, 0)))
 
-    flow_model = v3d_flax.create_model("i3d", num_classes=400, in_channels=2, rngs=nnx.Rngs(0))
+    flow_model = flax_model_without_init("i3d", num_classes=400, in_channels=2)
     port.from_tf_checkpoint(flow_model, path, scope="Flow")
     ref, got = _eval_outputs(flow, flow_model, x[:, :2])
     assert rel_err(ref, got) < 1e-4
@@ -213,7 +213,7 @@ def test_tf_checkpoint_rgb_and_flow(tf_checkpoint):
 
 def test_tf_checkpoint_errors(tf_checkpoint):
     path, _, _, variables = tf_checkpoint
-    fm = v3d_flax.create_model("i3d", num_classes=400, rngs=nnx.Rngs(0))
+    fm = flax_model_without_init("i3d", num_classes=400)
     with pytest.raises(ValueError, match="several I3D scopes"):
         port.from_tf_checkpoint(fm, path)
     with pytest.raises(port.PortError, match=r"Conv3d_1a_7x7\.conv3d\.weight"):  # flow weights, RGB model

@@ -9,7 +9,7 @@ from flax import nnx
 
 import v3d_flax
 import v3d_torch_ref
-from parity import ncdhw_to_ndhwc, rel_err
+from parity import flax_model_without_init, jitted_forward, ncdhw_to_ndhwc, rel_err
 from v3d_flax import port
 
 ARCHS = ["slowfast_r50", "slowfast_r101", "x3d_xs", "x3d_s", "x3d_m", "x3d_l"]
@@ -72,7 +72,7 @@ def test_pytorchvideo_checkpoint_file_loads_and_matches(tmp_path, manifests, arc
     torch.save({"epoch": 196, "model_state": state, "optimizer_state": {"state": {}, "param_groups": []},
                 "cfg": "MODEL:\n  ARCH: pytorchvideo\n"}, path)
 
-    fm = v3d_flax.create_model(arch, num_classes=400, rngs=nnx.Rngs(0))
+    fm = flax_model_without_init(arch, num_classes=400)
     assert not port.from_torch(fm, port.load_torch_checkpoint(path), source="pytorchvideo")
     tm = v3d_torch_ref.create_model(arch, num_classes=400)
     tm.load_state_dict(state, strict=True)
@@ -84,7 +84,7 @@ def test_pytorchvideo_checkpoint_file_loads_and_matches(tmp_path, manifests, arc
         ref = tm([torch.from_numpy(x) for x in xs] if len(xs) > 1 else torch.from_numpy(xs[0])).numpy()
     with jax.default_matmul_precision("float32"):
         flax_in = tuple(jnp.asarray(ncdhw_to_ndhwc(x)) for x in xs)
-        got = np.asarray(fm(flax_in if len(flax_in) > 1 else flax_in[0]))
+        got, = jitted_forward(fm, flax_in if len(flax_in) > 1 else flax_in[0], "__call__")
     assert np.all(np.isfinite(ref)) and rel_err(ref, got) < 1e-4
 
 
