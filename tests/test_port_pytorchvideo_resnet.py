@@ -10,7 +10,7 @@ from flax import nnx
 
 import v3d_flax
 import v3d_torch_ref
-from parity import ncdhw_to_ndhwc, rel_err
+from parity import flax_model_without_init, jitted_forward, ncdhw_to_ndhwc, rel_err
 from v3d_flax import port
 
 ARCHS = ["i3d_r50", "slow_r50", "c2d_r50", "csn_r101", "r2plus1d_r50"]
@@ -59,7 +59,7 @@ def test_pytorchvideo_checkpoint_file_loads_and_matches(tmp_path, manifests):
     path = tmp_path / "I3D_8x8_R50.pyth"
     torch.save({"epoch": 196, "model_state": state, "optimizer_state": {"state": {}, "param_groups": []}}, path)
 
-    fm = v3d_flax.create_model(arch, num_classes=400, rngs=nnx.Rngs(0))
+    fm = flax_model_without_init(arch, num_classes=400)
     assert not port.from_torch(fm, port.load_torch_checkpoint(path), source="pytorchvideo")
     tm = v3d_torch_ref.create_model(arch, num_classes=400)
     tm.load_state_dict(state, strict=True)
@@ -69,7 +69,7 @@ def test_pytorchvideo_checkpoint_file_loads_and_matches(tmp_path, manifests):
     with torch.no_grad():
         ref = tm(torch.from_numpy(x)).numpy()
     with jax.default_matmul_precision("float32"):
-        got = np.asarray(jax.jit(fm.__call__)(jnp.asarray(ncdhw_to_ndhwc(x))))
+        got, = jitted_forward(fm, jnp.asarray(ncdhw_to_ndhwc(x)), "__call__")
     assert np.all(np.isfinite(ref)) and np.abs(ref).max() > 1e-3 and rel_err(ref, got) < 1e-4
     exported = port.to_torch(fm)
     for k, v in state.items():
