@@ -10,7 +10,6 @@ GFLOP/s (2 per MAC, padded taps included) and the ratio to PyTorch (>1 = faster 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 

@@ -21,12 +21,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
-import time
 import traceback
-
-import numpy as np
 
 
 def parse_args(argv=None):

@@ -14,11 +14,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from flax import nnx
 from torch import nn
 
-import v3d_flax
-from parity import randomize_batchnorm, rel_err
+from parity import flax_model_without_init, jitted_forward, randomize_batchnorm, rel_err
 from v3d_flax import port
 
 
@@ -109,7 +107,7 @@ def _googlenet_state(num_classes=1000, seed=0):
 
 def test_googlenet_inflates_into_i3d():
     net, state = _googlenet_state()
-    fm = v3d_flax.create_model("i3d", num_classes=1000, rngs=nnx.Rngs(0))
+    fm = flax_model_without_init("i3d", num_classes=1000)  # NaN until inflated: every weight must land
     assert not port.inflate_2d(fm, state, source="torchvision")
     w2d = net.conv1.conv.weight.detach().numpy()  # (64, 3, 7, 7) -> Flax (7, 7, 7, 3, 64), each slice / 7
     kernel = np.asarray(fm.Conv3d_1a_7x7.conv3d.kernel[...])
@@ -121,7 +119,7 @@ def test_googlenet_inflates_into_i3d():
 
 def test_googlenet_inflation_without_head_keeps_other_classes():
     _, state = _googlenet_state()
-    fm = v3d_flax.create_model("i3d", num_classes=400, rngs=nnx.Rngs(0))
+    fm = flax_model_without_init("i3d", num_classes=400)
     before = np.asarray(fm.logits.conv3d.kernel[...]).copy()
     with pytest.raises(port.PortError, match="logits.conv3d.weight"):  # 1000 ImageNet classes into 400
         port.inflate_2d(fm, state)
@@ -138,7 +136,7 @@ def test_boring_video_gives_the_2d_network_output():
     stays inside the clip. Near the clip's ends the temporal 'SAME' zero padding makes them differ,
     as in DeepMind's I3D."""
     net, state = _googlenet_state(num_classes=10, seed=1)
-    fm = v3d_flax.create_model("i3d", num_classes=10, rngs=nnx.Rngs(0))
+    fm = flax_model_without_init("i3d", num_classes=10)
     port.inflate_2d(fm, state)
     fm.eval()
     frame = np.random.RandomState(0).randn(1, 3, 32, 32).astype(np.float32)
@@ -147,8 +145,8 @@ def test_boring_video_gives_the_2d_network_output():
         ref_logits = net(torch.from_numpy(frame)).numpy()
     clip = np.repeat(np.transpose(frame, (0, 2, 3, 1))[:, None], 96, axis=1)  # (1, 96, 32, 32, 3)
     with jax.default_matmul_precision("float32"):
-        got_map = np.asarray(fm.feature_map(jnp.asarray(clip)))[:, :, 0, 0]  # (1, 12, 1024)
-        got_logits = np.asarray(fm.time_logits(jnp.asarray(clip)))  # (1, 11, 10)
+        got_map, got_logits = jitted_forward(fm, jnp.asarray(clip), "feature_map", "time_logits")
+        got_map = got_map[:, :, 0, 0]  # (1, 12, 1024); logits (1, 11, 10)
     assert got_map.shape == (1, 12, 1024) and got_logits.shape == (1, 11, 10)
     for t in (5, 6):  # the centre of the 12 Mixed_5c positions
         assert rel_err(ref_map, got_map[:, t]) < 1e-5

@@ -4,7 +4,6 @@ Multi-device runs are subprocesses (JAX_NUM_CPU_DEVICES) so this pytest process 
 """
 
 import json
-import os
 import shutil
 import subprocess
 import sys

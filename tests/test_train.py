@@ -6,11 +6,10 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 from flax import nnx
 
-from trainrun import TINY, TINY_DATASET, metrics, train
+from trainrun import TINY_DATASET, metrics, train
 from v3d_flax.train import TrainConfig, TrainingDiverged, resolve, run
 from v3d_flax.train.checkpointing import Checkpointer
 from v3d_flax.train.state import (apply_remat, build_model, build_optimizer, decay_mask, init_state, is_key,

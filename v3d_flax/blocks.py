@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 from flax import nnx
 
 from v3d_flax.layers import BatchNorm, Conv3d, MaxPool3d, ReLU, Sequential, _triple, conv_kernel_init

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from v3d_flax.layers import BatchNorm, Conv3d, Linear, ReLU, avg_pool3d, check_video_input, max_pool3d
+from v3d_flax.layers import BatchNorm, Conv3d, Linear, avg_pool3d, check_video_input, max_pool3d
 
 SLOW_CONV_A_T = (1, 1, 3, 3)  # temporal kernel of conv_a in res2..res5, slow pathway
 FAST_CONV_A_T = (3, 3, 3, 3)

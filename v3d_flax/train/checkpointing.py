@@ -17,7 +17,6 @@ import shutil
 import warnings
 
 import jax
-import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
 from v3d_flax.train.state import is_key
