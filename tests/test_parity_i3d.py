@@ -8,7 +8,7 @@ import torch
 from flax import nnx
 
 import v3d_flax
-from parity import build_pair, check_parity, ncdhw_to_ndhwc, rel_err
+from parity import build_pair, check_parity, jitted_forward, ncdhw_to_ndhwc, rel_err
 from v3d_flax.layers import Conv3d, max_pool3d
 from v3d_torch_ref.models.i3d import MaxPool3dSame, Unit3D
 
@@ -29,9 +29,8 @@ def test_i3d_flow_eval_parity_and_per_time_logits():
         ref_time = tm.time_logits(torch.from_numpy(x)).numpy()  # (B, classes, T')
         ref_feat = tm.forward_features(torch.from_numpy(x)).numpy()
     with jax.default_matmul_precision("float32"):
-        xf = jnp.asarray(ncdhw_to_ndhwc(x))
-        got_time = np.asarray(fm.time_logits(xf))
-        got, got_feat = np.asarray(fm(xf)), np.asarray(fm.forward_features(xf))
+        got_time, got, got_feat = jitted_forward(fm, jnp.asarray(ncdhw_to_ndhwc(x)), "time_logits", "__call__",
+                                                 "forward_features")
     assert ref_time.shape == (2, 5, 2)  # 17 frames -> Mixed_5c T=3 -> window 2 -> 2 logits in time
     assert rel_err(ref_time, np.transpose(got_time, (0, 2, 1))) < 1e-4
     assert rel_err(ref, got) < 1e-4
