@@ -12,8 +12,10 @@ the frameworks and the table quotes medians and the ratio Flax / PyTorch (>1: Fl
 FLOPs are XLA's cost analysis of the compiled Flax step (2 per MAC, padded taps skipped); the
 achieved GFLOP/s is compared with a matmul peak measured in the same run. Memory: XLA's compiled
 memory analysis (arguments + temporaries + outputs - aliased) for Flax; torch's peak allocated
-memory on GPU (not tracked for CPU tensors, shown as n/a). Writes results.md, results.json and
-chart.png under --out.
+memory on GPU (not tracked for CPU tensors, shown as n/a). Writes results<suffix>.md,
+results<suffix>.json and chart<suffix>.png under --out (--suffix, e.g. _16x56x56, keeps runs of other
+clip sizes apart); a remat-only run (--models none) writes remat<suffix>.md and .json and leaves the
+model tables alone.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ def parse_args(argv=None):
                    help="if > 0: largest r3d_18 16x112x112 training batch within this budget, with and without "
                         "per-block remat, from XLA's memory analysis")
     p.add_argument("--out", default="benchmarks/results")
+    p.add_argument("--suffix", default="", help="appended to the output file names (default: none)")
     args = p.parse_args(argv)
     try:
         args.clips = [tuple(int(v) for v in c.lower().split("x")) for c in args.clips.split(",")]
@@ -91,14 +94,18 @@ def main(argv=None):
             print(harness.format_row(row), flush=True)
     remat = harness.remat_batches(args) if args.remat_budget_gib > 0 else None
     report = harness.markdown(rows, machine, peak, args, remat)
-    with open(os.path.join(args.out, "results.md"), "w") as f:
+    stem = ("results" if models else "remat") + args.suffix
+    with open(os.path.join(args.out, f"{stem}.md"), "w") as f:
         f.write(report)
-    with open(os.path.join(args.out, "results.json"), "w") as f:
+    with open(os.path.join(args.out, f"{stem}.json"), "w") as f:
         json.dump({"machine": machine, "peak_flops": peak, "rows": rows, "remat": remat,
                    "args": {k: v for k, v in vars(args).items()}}, f, indent=1)
-    harness.chart(rows, os.path.join(args.out, "chart.png"), machine)
+    written = [f"{stem}.md", f"{stem}.json"]
+    if models:
+        harness.chart(rows, os.path.join(args.out, f"chart{args.suffix}.png"), machine)
+        written.append(f"chart{args.suffix}.png")
     print("\n" + report)
-    print(f"wrote {args.out}/results.md, results.json, chart.png")
+    print(f"wrote {', '.join(os.path.join(args.out, w) for w in written)}")
 
 
 if __name__ == "__main__":
