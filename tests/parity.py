@@ -164,7 +164,12 @@ def flax_model_without_init(name: str, *, num_classes: int, seed: int = 0, **kwa
     poisons the outputs and the round trip instead of passing unnoticed."""
     abstract = nnx.eval_shape(lambda: v3d_flax.create_model(name, num_classes=num_classes, rngs=nnx.Rngs(seed),
                                                             **kwargs))
-    graphdef, state = nnx.split(abstract)
+    return nan_like(abstract, seed)
+
+
+def nan_like(model: nnx.Module, seed: int = 0) -> nnx.Module:
+    """A model of `model`'s structure (abstract or concrete) with NaN float variables (see above)."""
+    graphdef, state = nnx.split(model)
 
     def materialise(leaf):
         if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):  # dropout streams need real keys
@@ -224,7 +229,7 @@ def check_parity(name: str, input_shapes, *, num_classes: int = 10, seed: int = 
     # round trip Flax -> torch -> Flax is bit-exact, and the reference loads it strictly
     exported = port.to_torch(fm)
     tm.load_state_dict(exported, strict=True)
-    fresh = flax_model_without_init(name, num_classes=num_classes, seed=seed + 7, **kwargs)
+    fresh = nan_like(fm, seed + 7)
     port.from_torch(fresh, exported)
     for (pa, a), (pb, b) in zip(nnx.to_flat_state(nnx.state(fm)), nnx.to_flat_state(nnx.state(fresh))):
         if isinstance(a, (nnx.Param, nnx.BatchStat)):
