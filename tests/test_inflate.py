@@ -17,7 +17,7 @@ from flax import nnx
 from torch import nn
 
 import v3d_flax
-from parity import flax_model_without_init, ncdhw_to_ndhwc, randomize_batchnorm, rel_err
+from parity import flax_model_without_init, jitted_forward, ncdhw_to_ndhwc, randomize_batchnorm, rel_err
 from v3d_flax import port
 from v3d_flax.port.inflate import inflate_kernel
 
@@ -133,7 +133,7 @@ def test_c2d_boring_video_gives_the_2d_logits(resnet2d):
     with torch.no_grad():
         ref = resnet2d(torch.from_numpy(frame)).numpy()
     with jax.default_matmul_precision("float32"):
-        got = np.asarray(nnx.jit(lambda m, x: m(x))(model, clip))
+        got, = jitted_forward(model, clip, "__call__")
     assert rel_err(ref, got) < 1e-4
 
 
@@ -150,7 +150,7 @@ def test_temporal_models_match_2d_away_from_the_borders(resnet2d, name, frames, 
     with torch.no_grad():
         ref = ncdhw_to_ndhwc(resnet2d.feature_map(torch.from_numpy(frame)).numpy()[:, :, None])[:, 0]
     with jax.default_matmul_precision("float32"):
-        fmap = np.asarray(nnx.jit(lambda m, x: m.forward_map(x))(model, clip))
+        fmap, = jitted_forward(model, clip, "forward_map")
     assert fmap.shape[1] == (frames if name == "slow_r50" else frames // 2)
     for t in exact:
         assert rel_err(ref, fmap[:, t]) < 1e-4, t

@@ -42,14 +42,15 @@ def test_strict_error_names_missing_unexpected_and_misshaped_keys(r3d_pair):
     del sd["layer1.0.conv1.0.weight"]
     sd["layer9.extra.weight"] = torch.zeros(3)
     sd["fc.weight"] = torch.zeros(7, 512)
-    before = {name: np.asarray(p[...]).copy() for name, p in (("fc", fm.fc.kernel), ("stem", fm.stem[0].kernel))}
+    watched = {"fc": fm.fc.kernel, "stem": fm.stem[0].kernel}
+    before = {name: np.asarray(p[...]).copy() for name, p in watched.items()}
     with pytest.raises(port.PortError) as err:
         port.from_torch(fm, sd)
     msg = str(err.value)
     assert "missing keys (1): layer1.0.conv1.0.weight" in msg
     assert "unexpected keys (1): layer9.extra.weight" in msg
     assert "fc.weight (checkpoint (7, 512), model (5, 512))" in msg
-    for name, p in (("fc", fm.fc.kernel), ("stem", fm.stem[0].kernel)):  # nothing half-loaded
+    for name, p in watched.items():  # nothing half-loaded
         np.testing.assert_array_equal(np.asarray(p[...]), before[name])
 
 
