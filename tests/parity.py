@@ -113,6 +113,24 @@ def eval_pair(tm, fm, inputs):
     return ref, got, ref_features, got_features
 
 
+def head_pair(tm, fm, maps, first_block: int):
+    """Eval-mode logits of `blocks[first_block:]` (the head alone) of the torch reference and its Flax
+    twin on NCDHW final feature maps `maps` (a list for multi-pathway models): (ref, got). Tests of
+    head-only options need no compiled full-network forward."""
+    tm.eval()
+    fm.eval()
+    ref = [torch.from_numpy(m) for m in maps]
+    got = tuple(jnp.asarray(ncdhw_to_ndhwc(m)) for m in maps)
+    ref, got = (ref, got) if len(maps) > 1 else (ref[0], got[0])
+    with torch.no_grad():
+        for block in list(tm.blocks)[first_block:]:
+            ref = block(ref)
+    with jax.default_matmul_precision("float32"):
+        for block in list(fm.blocks)[first_block:]:
+            got = block(got)
+    return ref.numpy(), np.asarray(got)
+
+
 def input_gradient_error(tm, fm, inputs, weights) -> float:
     """Train-mode gradient of sum(logits * weights) w.r.t. the input, Flax vs torch, both in float64.
 

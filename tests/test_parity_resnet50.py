@@ -8,7 +8,7 @@ import pytest
 from flax import nnx
 
 import v3d_flax
-from parity import build_pair, check_parity, eval_pair, flax_model_without_init, jitted_forward, ncdhw_to_ndhwc, rel_err
+from parity import build_pair, check_parity, head_pair, rel_err
 from v3d_flax import port
 from v3d_flax.models import resnet50 as flax_r50
 from v3d_torch_ref.models import resnet50 as torch_r50
@@ -73,33 +73,38 @@ def test_feature_map_at_canonical_clip_equals_hub_head_pool(name):
 
 def test_fixed_head_pool_kernel_matches_reference():
     """head_pool_kernel reproduces PyTorchVideo's stride-1 AvgPool3d head on a map larger than the kernel
-    (overlapping windows, proj, then the mean over windows); equal to global pooling where they fit."""
-    x = np.random.RandomState(2).randn(1, 3, 8, 64, 64).astype(np.float32)  # c2d: res5 map 4x2x2
+    (overlapping windows, proj, then the mean over windows); equal to global pooling where they fit.
+    The head alone (the last block) on random final maps."""
+    rng = np.random.RandomState(2)
     tm, fm = build_pair("c2d_r50", num_classes=5, head_pool_kernel=(2, 1, 2))
-    ref, got, ref_feat, got_feat = eval_pair(tm, fm, x)
-    assert rel_err(ref, got) < 1e-4 and rel_err(ref_feat, got_feat) < 1e-4
-    tg, fg = build_pair("c2d_r50", num_classes=5)
-    glob = eval_pair(tg, fg, x)[1]
-    assert rel_err(glob, got) > 1e-3  # overlapping windows differ from a global mean here
-    fm_fit = flax_model_without_init("c2d_r50", num_classes=5, head_pool_kernel=(4, 2, 2))
-    port.from_torch(fm_fit, tg.state_dict())
-    fm_fit.eval()
-    with jax.default_matmul_precision("float32"):
-        np.testing.assert_allclose(jitted_forward(fm_fit, jnp.asarray(ncdhw_to_ndhwc(x)), "__call__")[0], glob,
-                                   rtol=1e-5, atol=1e-5)
-        with pytest.raises(ValueError, match="head_pool_kernel=None"):
-            jitted_forward(fm_fit, jnp.zeros((1, 4, 32, 32, 3)), "__call__")
+    head = len(fm.blocks) - 1
+
+    def logits(final_map, kernel):  # the same head weights under a fixed kernel, or global pooling (None)
+        tm.blocks[head].pool_kernel = fm.blocks[head].pool_kernel = kernel
+        return head_pair(tm, fm, [final_map], head)
+
+    final_map = rng.rand(1, 2048, 4, 2, 2).astype(np.float32)  # c2d's res5 map of an 8x64x64 clip
+    ref, got = logits(final_map, (2, 1, 2))
+    assert rel_err(ref, got) < 1e-4
+    ref_global, got_global = logits(final_map, None)
+    assert rel_err(ref_global, got_global) < 1e-4
+    assert rel_err(got_global, got) > 1e-3  # overlapping windows differ from a global mean here
+    _, got_fit = logits(final_map, (4, 2, 2))
+    np.testing.assert_allclose(got_fit, got_global, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="head_pool_kernel=None"):
+        fm.blocks[head](jnp.zeros((1, 1, 1, 1, 2048)))  # a final map smaller than the kernel
 
 
 def test_other_clip_sizes_and_input_checks():
-    model = v3d_flax.create_model("slow_r50", num_classes=3, rngs=nnx.Rngs(0))
-    model.eval()
-    assert model(jnp.zeros((1, 3, 24, 40, 3))).shape == (1, 3)
+    model = nnx.eval_shape(lambda: v3d_flax.create_model("slow_r50", num_classes=3, rngs=nnx.Rngs(0)))
+    graphdef, state = nnx.split(model)
+    clip = jax.ShapeDtypeStruct((1, 3, 24, 40, 3), jnp.float32)
+    assert jax.eval_shape(lambda s, x: nnx.merge(graphdef, s)(x), state, clip).shape == (1, 3)
     with pytest.raises(ValueError, match="NDHWC"):
         model(jnp.zeros((1, 3, 4, 32, 32)))  # NCDHW
     with pytest.raises(ValueError, match="NDHWC"):
         model(jnp.zeros((4, 32, 32, 3)))
-    i3d = v3d_flax.create_model("i3d_r50", num_classes=3, rngs=nnx.Rngs(0))
+    i3d = nnx.eval_shape(lambda: v3d_flax.create_model("i3d_r50", num_classes=3, rngs=nnx.Rngs(0)))
     with pytest.raises(ValueError, match="at least 2 frames"):
         i3d(jnp.zeros((1, 1, 32, 32, 3)))
     with pytest.raises(ValueError, match="conv_b kind"):

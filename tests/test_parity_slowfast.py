@@ -8,8 +8,7 @@ import torch
 from flax import nnx
 
 import v3d_flax
-from parity import build_pair, check_parity, eval_pair, flax_model_without_init, jitted_forward, ncdhw_to_ndhwc, rel_err
-from v3d_flax import port
+from parity import build_pair, check_parity, head_pair, ncdhw_to_ndhwc, rel_err
 from v3d_flax.models import slowfast as flax_sf
 from v3d_torch_ref.models import slowfast as torch_sf
 
@@ -55,36 +54,42 @@ def test_pack_pathways_flax_equals_torch():
 def test_fixed_head_pool_kernels_match_reference_and_global_pool_at_their_size():
     """PyTorchVideo's fixed stride-1 head kernels ((8, 7, 7), (32, 7, 7) in its hub models): equal to
     global pooling where the final maps are the kernels' size, reproduced by both frameworks where
-    they are larger (overlapping windows, then proj, then the mean over windows)."""
+    they are larger (overlapping windows, then proj, then the mean over windows). The head alone
+    (blocks 5 and 6) on random final maps: the full model's wiring of the kernels is pinned by
+    test_pytorchvideo_head_kernels_fit_224_and_slide_at_256."""
     rng = np.random.RandomState(1)
-    fitting = [rng.randn(1, 3, 2, 32, 32).astype(np.float32), rng.randn(1, 3, 8, 32, 32).astype(np.float32)]
     tm, fm = build_pair("slowfast_r50", num_classes=5, head_pool_kernels=((2, 1, 1), (8, 1, 1)))
-    ref, got, _, _ = eval_pair(tm, fm, fitting)
+
+    def logits(maps, kernels):  # the same head weights under fixed kernels, or global pooling (None)
+        tm.blocks[5].pool_kernels = fm.blocks[5].pool_kernels = kernels
+        return head_pair(tm, fm, maps, 5)
+
+    def final_maps(slow_frames, fast_frames):  # post-ReLU res5 maps: 2048 slow, 256 fast channels
+        return [rng.rand(1, 2048, slow_frames, 1, 1).astype(np.float32),
+                rng.rand(1, 256, fast_frames, 1, 1).astype(np.float32)]
+
+    fitting = final_maps(2, 8)
+    ref, got = logits(fitting, ((2, 1, 1), (8, 1, 1)))
     assert rel_err(ref, got) < 1e-4
-    glob = flax_model_without_init("slowfast_r50", num_classes=5)
-    port.from_torch(glob, tm.state_dict())
-    glob.eval()
+    ref_global, got_global = logits(fitting, None)
+    assert rel_err(ref_global, got_global) < 1e-4
+    np.testing.assert_allclose(got_global, got, rtol=1e-5, atol=1e-6)
 
-    def glob_logits(x):
-        return jitted_forward(glob, x, "__call__")[0]
-    with jax.default_matmul_precision("float32"):
-        np.testing.assert_allclose(glob_logits(tuple(jnp.asarray(ncdhw_to_ndhwc(x)) for x in fitting)),
-                                   got, rtol=1e-5, atol=1e-6)
-
-    # one clip is packed into the pair as PyTorchVideo's PackPathway does (slow frames 0 and 7 of 8)
-    with jax.default_matmul_precision("float32"):
-        fast = jnp.asarray(ncdhw_to_ndhwc(fitting[1]))
-        np.testing.assert_array_equal(glob_logits(fast), glob_logits((fast[:, np.array([0, 7])], fast)))
-
-    # 3 slow / 12 fast frames: final maps (3, 1, 1) / (12, 1, 1); kernels 2 and 11 give 2 windows each.
-    larger = [rng.randn(1, 3, 3, 32, 32).astype(np.float32), rng.randn(1, 3, 12, 32, 32).astype(np.float32)]
-    tm, fm = build_pair("slowfast_r50", num_classes=5, head_pool_kernels=((2, 1, 1), (11, 1, 1)))
-    ref, got, _, _ = eval_pair(tm, fm, larger)
+    # final maps (3, 1, 1) / (12, 1, 1); kernels 2 and 11 give 2 windows each
+    larger = final_maps(3, 12)
+    ref, got = logits(larger, ((2, 1, 1), (11, 1, 1)))
     assert rel_err(ref, got) < 1e-4
-    port.from_torch(glob, tm.state_dict())
-    with jax.default_matmul_precision("float32"):
-        other = glob_logits(tuple(jnp.asarray(ncdhw_to_ndhwc(x)) for x in larger))
+    _, other = logits(larger, None)
     assert rel_err(got, other) > 1e-4  # overlapping windows weight the middle frames more than global pooling
+
+
+def test_one_clip_is_packed_into_the_pair():
+    """A single clip is split as PyTorchVideo's PackPathway does (slow frames 0 and 7 of 8) by the
+    input check every forward starts with, before the pathways see it."""
+    model = nnx.eval_shape(lambda: v3d_flax.create_model("slowfast_r50", num_classes=5, rngs=nnx.Rngs(0)))
+    fast = jnp.asarray(np.random.RandomState(2).randn(1, 8, 32, 32, 3).astype(np.float32))
+    for got, want in zip(model._check(fast), (fast[:, np.array([0, 7])], fast)):
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
 
 
 def test_slowfast_rejects_bad_input():
