@@ -185,11 +185,12 @@ def test_remat_cuts_the_activation_memory_xla_plans():
     1.9 MiB per clip. The batches are large enough for activations to dominate the plan: its other
     peak, the optimizer update of 33M parameters (~133 MiB), outweighs them below ~24 such clips."""
     def planned_bytes(remat, batch):
-        model = build_model("r3d_18", num_classes=5, num_frames=8, crop_size=32, seed=0, remat=remat)
+        model = nnx.eval_shape(lambda: build_model("r3d_18", num_classes=5, num_frames=8, crop_size=32, seed=0,
+                                                   remat=remat))  # shapes only: nothing runs
         defs, mstate = split_model(model)
         config = resolve(TrainConfig(model="r3d_18", workdir="-", lr=0.1, steps=10, warmup_steps=0))
         tx, schedule = build_optimizer(config, 10)
-        state = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), init_state(mstate, tx))
+        state = jax.eval_shape(lambda m: init_state(m, tx), mstate)
         batch = {"video": jax.ShapeDtypeStruct((batch, 8, 32, 32, 3), jnp.float32),
                  "label": jax.ShapeDtypeStruct((batch,), jnp.int32)}
         step = jax.jit(make_train_step(defs, tx, schedule, num_classes=5, label_smoothing=0.1, precision="fp32"))
