@@ -181,9 +181,10 @@ def test_remat_changes_nothing_but_memory():
 
 def test_remat_cuts_the_activation_memory_xla_plans():
     """XLA's compiled plan for the train step: the memory added per clip (activations kept for the
-    backward pass) at least halves with --remat. Measured at r3d_18 8x32x32, batch 32 -> 48: 5.7 ->
-    1.9 MiB per clip. The batches are large enough for activations to dominate the plan: its other
-    peak, the optimizer update of 33M parameters (~133 MiB), outweighs them below ~24 such clips."""
+    backward pass) shrinks by at least 1.5x with --remat. Measured at r3d_18 8x32x32, batch 32 -> 48:
+    9.6 -> 5.6 MiB per clip (12.0 -> 5.5 before the conv backward's cotangent tie, v3d_flax.conv,
+    shrank the plain plan). The batches are large enough for activations to dominate the plan: its
+    other peak, the optimizer update of 33M parameters (~133 MiB), outweighs them below ~24 clips."""
     def planned_bytes(remat, batch):
         model = nnx.eval_shape(lambda: build_model("r3d_18", num_classes=5, num_frames=8, crop_size=32, seed=0,
                                                    remat=remat))  # shapes only: nothing runs
@@ -197,7 +198,7 @@ def test_remat_cuts_the_activation_memory_xla_plans():
         return step.lower(state, batch).compile().memory_analysis().temp_size_in_bytes
 
     per_clip = {remat: (planned_bytes(remat, 48) - planned_bytes(remat, 32)) / 16 for remat in (False, True)}
-    assert per_clip[True] < 0.5 * per_clip[False], per_clip
+    assert per_clip[True] < per_clip[False] / 1.5, per_clip
 
 
 def test_bf16_computes_in_bfloat16_keeps_float32_state():
