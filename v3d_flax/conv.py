@@ -174,6 +174,18 @@ def conv3d_time2d(x, kernel, *, strides, padding, groups=1, dilation=(1, 1, 1)):
     return out.reshape(b, t_out, *out.shape[1:])
 
 
+def tied_to(leaf: jax.Array, cotangents) -> jax.Array:
+    """`leaf` plus a zero computed from the incoming cotangent(s): the same values, but a new value
+    for XLA that exists only once the cotangent does, so XLA cannot compute from it earlier (or CSE
+    it with a forward-pass value). x * 0.0 is not folded for floats (NaN semantics), so the zero
+    survives; cost: one fused add."""
+    floats = [c for c in jax.tree.leaves(cotangents) if jnp.issubdtype(c.dtype, jnp.floating)]
+    if not floats or not jnp.issubdtype(leaf.dtype, jnp.floating):
+        return leaf
+    zero = jax.lax.index_in_dim(floats[0].reshape(-1), 0, keepdims=False) * 0.0
+    return leaf + zero.astype(leaf.dtype)
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
 def conv3d_time2d_lax_grad(x, kernel, strides, padding, dilation, groups):
     """`conv3d_time2d`'s value; gradients from `conv3d_lax`'s (exact transposes of the same conv).
@@ -187,11 +199,11 @@ def _time2d_lax_grad_fwd(x, kernel, strides, padding, dilation, groups):
 
 def _time2d_lax_grad_bwd(strides, padding, dilation, groups, residuals, cotangent):
     x, kernel = residuals
-    # Tie x to the cotangent (adds an exact zero): XLA:CPU otherwise makes the kernel gradient's
-    # transposed copy of x as soon as x exists, and in r3d_18's backward that copy stayed live across
-    # a whole block, one layer1-sized tensor more at the memory peak (its train-step plan at
-    # 16x112x112: 178 -> 126 MiB per clip, 126 -> 101 with --remat; same speed).
-    x = x + (cotangent.reshape(-1)[0] * 0.0).astype(x.dtype)
+    # Tied to the cotangent: XLA:CPU otherwise makes the kernel gradient's transposed copy of x as
+    # soon as x exists, and in r3d_18's backward that copy stayed live across a whole block, one
+    # layer1-sized tensor more at the memory peak (its train-step plan at 16x112x112: 178 -> 126 MiB
+    # per clip, 126 -> 101 with --remat; same speed).
+    x = tied_to(x, cotangent)
     _, vjp = jax.vjp(lambda x, k: conv3d_lax(x, k, strides=strides, padding=padding, groups=groups,
                                              dilation=dilation), x, kernel)
     return vjp(cotangent)

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from v3d_flax.conv import tied_to
 from v3d_flax.layers import BatchNorm, Sequential
 from v3d_flax.registry import create_model, get_factory
 
@@ -46,19 +47,6 @@ def build_model(name: str, *, num_classes: int, num_frames: int, crop_size: int,
 _REMAT_CLASSES: dict[type, type] = {}
 
 
-def _tied_to(leaf: jax.Array, cotangents) -> jax.Array:
-    """`leaf` plus a zero computed from the incoming cotangent: the same values, but a new value for
-    XLA. XLA:CPU removes `jax.checkpoint`'s optimization barriers early, so CSE merges the backward
-    pass's recomputation back into the forward pass and remat saves nothing; a recomputation that
-    depends on the cotangent can be neither merged nor scheduled before its backward step. x * 0.0
-    is not folded for floats (NaN semantics), so the zero survives; cost: one fused add."""
-    floats = [c for c in jax.tree.leaves(cotangents) if jnp.issubdtype(c.dtype, jnp.floating)]
-    if not floats or not jnp.issubdtype(leaf.dtype, jnp.floating):
-        return leaf
-    zero = jax.lax.index_in_dim(floats[0].reshape(-1), 0, keepdims=False) * 0.0
-    return leaf + zero.astype(leaf.dtype)
-
-
 @partial(jax.custom_vjp, nondiff_argnums=(0,))
 def _remat_apply(graphdef, state, args):
     """(outputs, new non-parameter state) of the module `graphdef` + `state` called on `args`;
@@ -77,7 +65,10 @@ def _remat_bwd(graphdef, residuals, cotangents):
     # reads the logits only), so only the outputs' cotangent is pulled back.
     state, args = residuals
     out_cotangent = cotangents[0]
-    args = jax.tree.map(lambda a: _tied_to(a, out_cotangent), args)
+    # XLA:CPU removes `jax.checkpoint`'s optimization barriers early, so CSE would merge this
+    # recomputation back into the forward pass and remat would save nothing; tied to the
+    # cotangent, it can be neither merged nor scheduled before its backward step.
+    args = jax.tree.map(lambda a: tied_to(a, out_cotangent), args)
     _, pullback = jax.vjp(lambda s, a: _remat_apply.fun(graphdef, s, a)[0], state, args)
     return pullback(out_cotangent)
 
