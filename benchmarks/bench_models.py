@@ -3,6 +3,7 @@
     python benchmarks/bench_models.py                      # every registered model, small defaults
     python benchmarks/bench_models.py --models r3d_18,x3d_xs --clips 8x56x56,16x112x112 --batch 4
     python benchmarks/bench_models.py --remat-budget-gib 4  # + the --remat batch-size measurement
+    python benchmarks/bench_models.py --models none --remat-budget-gib 16 --remat-tpu v5e:2x2 --suffix _tpu_v5e
     python benchmarks/bench_models.py --device gpu --dtype bf16
 
 For each model and clip size: training-step throughput (SGD, cross-entropy; Flax: one jax.jit over
@@ -15,7 +16,9 @@ memory analysis (arguments + temporaries + outputs - aliased) for Flax; torch's 
 memory on GPU (not tracked for CPU tensors, shown as n/a). Writes results<suffix>.md,
 results<suffix>.json and chart<suffix>.png under --out (--suffix, e.g. _16x56x56, keeps runs of other
 clip sizes apart); a remat-only run (--models none) writes remat<suffix>.md and .json and leaves the
-model tables alone.
+model tables alone. --remat-tpu plans the remat search for one chip of a Cloud TPU topology instead
+of this machine, compiled without a TPU (XLA's TPU compiler from libtpu: `pip install
+'jax[tpu]==0.10.2'`), with the conv formulation "auto" picks off CPU (XLA's native conv).
 """
 
 from __future__ import annotations
@@ -45,6 +48,9 @@ def parse_args(argv=None):
     p.add_argument("--remat-budget-gib", type=float, default=0.0,
                    help="if > 0: largest r3d_18 16x112x112 training batch within this budget, with and without "
                         "per-block remat, from XLA's memory analysis")
+    p.add_argument("--remat-tpu", default="", metavar="TOPOLOGY",
+                   help="plan the remat search for one chip of this TPU topology (e.g. v5e:2x2, v4:2x2x1), "
+                        "compiled deviceless with libtpu; default: this machine")
     p.add_argument("--out", default="benchmarks/results")
     p.add_argument("--suffix", default="", help="appended to the output file names (default: none)")
     args = p.parse_args(argv)

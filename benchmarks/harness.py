@@ -77,9 +77,11 @@ def _memory(compiled) -> int | None:
     return int(m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes - m.alias_size_in_bytes)
 
 
-def flax_steps(name, clip, batch, args, *, remat=False, abstract=False):
+def flax_steps(name, clip, batch, args, *, remat=False, abstract=False, sharding=None):
     """Compiled Flax train and inference steps with their operands: {"train": (fn, operands), ...}.
-    With abstract=True, only the compiled train step (for memory analysis), operands as shapes."""
+    With abstract=True, only the compiled train step (for memory analysis), operands as shapes
+    (placed by `sharding`, e.g. on a TPU chip to compile for; default: this machine); nothing is
+    initialised."""
     import jax
     import jax.numpy as jnp
     import optax
@@ -88,13 +90,16 @@ def flax_steps(name, clip, batch, args, *, remat=False, abstract=False):
     from v3d_flax.train.state import build_model
 
     t, h, w = clip
-    model = build_model(name, num_classes=args.num_classes, num_frames=t, crop_size=h, seed=0, remat=remat)
+    def build():
+        return build_model(name, num_classes=args.num_classes, num_frames=t, crop_size=h, seed=0, remat=remat)
+
+    model = nnx.eval_shape(build) if abstract else build()
     cdt = jnp.bfloat16 if args.dtype == "bf16" else jnp.float32
     tx = optax.sgd(0.01, momentum=0.9)
     model.train()
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     params, rest = nnx.as_pure(params), nnx.as_pure(rest)
-    opt_state = tx.init(params)
+    opt_state = jax.eval_shape(tx.init, params) if abstract else tx.init(params)
 
     def cast(tree):
         return jax.tree.map(lambda v: v.astype(cdt) if jnp.issubdtype(v.dtype, jnp.floating) else v, tree)
@@ -114,9 +119,10 @@ def flax_steps(name, clip, batch, args, *, remat=False, abstract=False):
     x_shape, y_shape = (batch, t, h, w, 3), (batch,)
     jit_train = jax.jit(train_step, donate_argnums=(0, 1, 2))
     if abstract:
-        spec = lambda tree: jax.tree.map(lambda v: jax.ShapeDtypeStruct(v.shape, v.dtype), tree)
-        return jit_train.lower(spec(params), spec(rest), spec(opt_state), jax.ShapeDtypeStruct(x_shape, jnp.float32),
-                               jax.ShapeDtypeStruct(y_shape, jnp.int32)).compile()
+        spec = lambda tree: jax.tree.map(lambda v: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=sharding), tree)
+        return jit_train.lower(spec(params), spec(rest), spec(opt_state),
+                               jax.ShapeDtypeStruct(x_shape, jnp.float32, sharding=sharding),
+                               jax.ShapeDtypeStruct(y_shape, jnp.int32, sharding=sharding)).compile()
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.standard_normal(x_shape, dtype=np.float32))
     y = jnp.asarray(rng.integers(0, args.num_classes, y_shape), jnp.int32)
@@ -236,28 +242,76 @@ def bench_model(name, clip, args, peak) -> dict:
 
 def remat_batches(args, name="r3d_18", clip=(16, 112, 112)) -> dict:
     """Largest training batch whose compiled step fits --remat-budget-gib, with and without remat
-    (XLA memory analysis; linear fit from batches 1 and 2, then checked by compiling at the answer)."""
+    (XLA memory analysis of compiled steps: a guess from batches 8 and 16, then bracketed and bisected).
+    With --remat-tpu the steps are compiled for one chip of that TPU topology, without a TPU."""
+    import contextlib
+
+    from v3d_flax.conv import conv_impl
+
     budget = int(args.remat_budget_gib * 2 ** 30)
-    result = {"model": name, "clip": "x".join(map(str, clip)), "budget_bytes": budget}
+    target = getattr(args, "remat_tpu", "")
+    sharding = tpu_chip_sharding(target) if target else None
+    # "auto" decides by the backend tracing runs on (CPU here); a TPU gets XLA's native conv
+    formulation = (lambda: conv_impl("lax")) if target else contextlib.nullcontext
+    result = {"model": name, "clip": "x".join(map(str, clip)), "budget_bytes": budget,
+              "platform": f"tpu {target} (one chip, compiled deviceless)" if target else "this machine"}
     for remat in (False, True):
         cache = {}
 
         def mem(b):
             if b not in cache:
-                cache[b] = _memory(flax_steps(name, clip, b, args, remat=remat, abstract=True))
+                with formulation():
+                    cache[b] = _memory(flax_steps(name, clip, b, args, remat=remat, abstract=True, sharding=sharding))
             return cache[b]
-        m1, m2 = mem(1), mem(2)
-        slope = max(m2 - m1, 1)
-        best = max(0, (budget - (m1 - slope)) // slope)
-        while best > 0 and mem(best) > budget:  # the fit is close; step down until it really fits
-            best -= 1
+        best, slope = _largest_fitting_batch(mem, budget)
         key = "remat" if remat else "plain"
-        result[key] = {"batch": int(best), "bytes_batch1": m1, "bytes_per_clip": slope,
-                       "bytes_at_batch": mem(best) if best else None}
-        print(f"remat={remat}: {m1 / 2**20:.0f} MiB at batch 1, {slope / 2**20:.0f} MiB per clip -> batch {best} "
-              f"within {args.remat_budget_gib} GiB", flush=True)
+        result[key] = {"batch": int(best), "bytes_batch1": mem(1), "bytes_per_clip": slope,
+                       "bytes_at_batch": mem(best) if best else None, "compiled_batches": sorted(cache)}
+        print(f"remat={remat}: {mem(1) / 2**20:.0f} MiB at batch 1, {slope / 2**20:.0f} MiB per clip (batch 8 -> 16) "
+              f"-> batch {best} within {args.remat_budget_gib} GiB", flush=True)
     result["ratio"] = result["remat"]["batch"] / max(result["plain"]["batch"], 1)
     return result
+
+
+def _largest_fitting_batch(mem, budget: int) -> tuple[int, float]:
+    """The largest batch b with mem(b) <= budget, and the per-clip growth from batch 8 to 16. Plans
+    are not linear at small batches (TPU layouts change with the batch), so the guess is extrapolated
+    from batches 8 and 16, then bracketed by galloping from it and bisected; each probe compiles."""
+    slope = max((mem(16) - mem(8)) / 8, 1.0)
+    if mem(1) > budget:
+        return 0, slope
+    fits = lambda b: mem(b) <= budget
+    guess = max(1, int(8 + (budget - mem(8)) // slope))
+    step = 1
+    if fits(guess):
+        lo = guess
+        while fits(lo + step):
+            lo, step = lo + step, step * 2
+        hi = lo + step
+    else:
+        hi = guess
+        while hi - step > 1 and not fits(hi - step):
+            hi, step = hi - step, step * 2
+        lo = max(1, hi - step)
+    while hi - lo > 1:  # fits(lo), not fits(hi)
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+    return lo, slope
+
+
+def tpu_chip_sharding(topology: str):
+    """A sharding on one chip of the Cloud TPU `topology` (e.g. "v5e:2x2"), for compiling without a
+    TPU: XLA's TPU compiler comes from libtpu (`pip install 'jax[tpu]'`)."""
+    from jax.experimental import topologies
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    try:
+        devices = topologies.get_topology_desc(topology_name=topology, platform="tpu").devices
+    except Exception as e:
+        raise SystemExit(f"--remat-tpu {topology}: no TPU compiler for this topology ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0] if str(e) else ''}); it needs libtpu "
+                         "(pip install 'jax[tpu]==0.10.2') and a name such as v5e:2x2 or v4:2x2x1") from e
+    return NamedSharding(Mesh(devices[:1], ("chip",)), PartitionSpec())
 
 
 def _f(v, fmt="{:.2f}"):
@@ -309,11 +363,11 @@ def markdown(rows, machine, peak, args, remat) -> str:
             _mib(tr("flax_train_memory")), _mib(tr("torch_train_memory")),
             _f(tr("flax_train_compile_s"), "{:.0f}")]) + " |")
     if remat:
-        lines += ["", f"Remat ({remat['model']}, {remat['clip']}, budget {remat['budget_bytes'] / 2**30:.1f} GiB, "
+        lines += ["", f"Remat ({remat['model']}, {remat['clip']}, {remat.get('platform', 'this machine')}, budget {remat['budget_bytes'] / 2**30:.1f} GiB, "
                       f"XLA memory analysis): largest batch {remat['plain']['batch']} without remat, "
                       f"{remat['remat']['batch']} with per-block remat ({remat['ratio']:.1f}x); "
                       f"{_mib(remat['plain']['bytes_per_clip'])} vs {_mib(remat['remat']['bytes_per_clip'])} "
-                      "MiB per clip."]
+                      "MiB per clip (batch 8 -> 16)."]
     return "\n".join(lines) + "\n"
 
 

@@ -1,0 +1,33 @@
+"""The benchmark harness's TPU memory-plan target (compiling for a TPU without one needs libtpu)."""
+
+import importlib.util
+
+import pytest
+
+from benchmarks import harness
+
+
+def test_remat_tpu_target_is_one_chip_of_the_topology_or_a_message_naming_libtpu():
+    if importlib.util.find_spec("libtpu") is None:
+        with pytest.raises(SystemExit, match=r"--remat-tpu v5e:2x2: no TPU compiler .*pip install 'jax\[tpu\]"):
+            harness.tpu_chip_sharding("v5e:2x2")
+    else:  # libtpu installed: XLA's TPU compiler runs here without a TPU
+        sharding = harness.tpu_chip_sharding("v5e:2x2")
+        assert [d.platform for d in sharding.device_set] == ["tpu"]
+
+
+def test_bad_tpu_topology_is_refused_with_the_expected_form():
+    with pytest.raises(SystemExit, match="a name such as v5e:2x2 or v4:2x2x1"):
+        harness.tpu_chip_sharding("no-such-chip")
+
+
+@pytest.mark.parametrize("per_clip,fixed,budget", [(100, 700, 4096), (7, 50, 60), (3, 10, 5000), (250, 100, 349)])
+def test_remat_search_finds_the_largest_fitting_batch_of_a_nonlinear_plan(per_clip, fixed, budget):
+    # small batches cost more per clip (as TPU plans do), so the 8 -> 16 line is only a first guess
+    def plan(b):
+        return fixed + per_clip * b + (200 if b < 8 else 0) + (b * b) // 40
+    probes = []
+    best, slope = harness._largest_fitting_batch(lambda b: probes.append(b) or plan(b), budget)
+    expected = max([b for b in range(1, 10_000) if plan(b) <= budget], default=0)
+    assert best == expected and slope >= per_clip
+    assert len(set(probes)) <= 30  # each probe compiles: a bracket and a bisection, not a walk over batches
