@@ -59,6 +59,8 @@ def parse_args(argv=None):
         assert all(len(c) == 3 for c in args.clips)
     except (ValueError, AssertionError):
         p.error(f"--clips: expected comma-separated TxHxW sizes such as 8x56x56, got {args.clips!r}")
+    if args.remat_tpu and args.remat_budget_gib <= 0:
+        p.error("--remat-tpu plans the remat search: give it a --remat-budget-gib, e.g. 16 for a v5e chip")
     if args.batch < 1 or args.rounds < 1 or args.steps < 1:
         p.error("--batch, --rounds and --steps must be >= 1")
     return args

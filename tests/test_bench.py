@@ -31,3 +31,10 @@ def test_remat_search_finds_the_largest_fitting_batch_of_a_nonlinear_plan(per_cl
     expected = max([b for b in range(1, 10_000) if plan(b) <= budget], default=0)
     assert best == expected and slope >= per_clip
     assert len(set(probes)) <= 30  # each probe compiles: a bracket and a bisection, not a walk over batches
+
+
+def test_remat_tpu_needs_a_budget(capsys):
+    from benchmarks import bench_models
+    with pytest.raises(SystemExit):
+        bench_models.parse_args(["--models", "none", "--remat-tpu", "v5e:2x2"])
+    assert "give it a --remat-budget-gib" in capsys.readouterr().err
