@@ -260,28 +260,36 @@ def remat_batches(args, name="r3d_18", clip=(16, 112, 112)) -> dict:
 
         def mem(b):
             if b not in cache:
-                with formulation():
-                    cache[b] = _memory(flax_steps(name, clip, b, args, remat=remat, abstract=True, sharding=sharding))
+                try:
+                    with formulation():
+                        compiled = flax_steps(name, clip, b, args, remat=remat, abstract=True, sharding=sharding)
+                    cache[b] = _memory(compiled)
+                except Exception as e:  # XLA's TPU compiler refuses a plan larger than the chip's memory
+                    if "RESOURCE_EXHAUSTED" not in str(e):
+                        raise
+                    cache[b] = None
             return cache[b]
         best, slope = _largest_fitting_batch(mem, budget)
         key = "remat" if remat else "plain"
         result[key] = {"batch": int(best), "bytes_batch1": mem(1), "bytes_per_clip": slope,
                        "bytes_at_batch": mem(best) if best else None, "compiled_batches": sorted(cache)}
-        print(f"remat={remat}: {mem(1) / 2**20:.0f} MiB at batch 1, {slope / 2**20:.0f} MiB per clip (batch 8 -> 16) "
+        print(f"remat={remat}: {_mib(mem(1))} MiB at batch 1, {_mib(slope)} MiB per clip (batch 8 -> 16) "
               f"-> batch {best} within {args.remat_budget_gib} GiB", flush=True)
     result["ratio"] = result["remat"]["batch"] / max(result["plain"]["batch"], 1)
     return result
 
 
-def _largest_fitting_batch(mem, budget: int) -> tuple[int, float]:
-    """The largest batch b with mem(b) <= budget, and the per-clip growth from batch 8 to 16. Plans
-    are not linear at small batches (TPU layouts change with the batch), so the guess is extrapolated
-    from batches 8 and 16, then bracketed by galloping from it and bisected; each probe compiles."""
-    slope = max((mem(16) - mem(8)) / 8, 1.0)
-    if mem(1) > budget:
+def _largest_fitting_batch(mem, budget: int) -> tuple[int, float | None]:
+    """The largest batch b with mem(b) <= budget (mem(b) is None: the compiler refused the plan as too
+    big), and the per-clip growth from batch 8 to 16. Plans are not linear at small batches (TPU
+    layouts change with the batch), so the guess is extrapolated from batches 8 and 16, then
+    bracketed by galloping from it and bisected; each probe compiles."""
+    fits = lambda b: mem(b) is not None and mem(b) <= budget
+    m8, m16 = mem(8), mem(16)
+    slope = max((m16 - m8) / 8, 1.0) if m8 is not None and m16 is not None else None
+    if not fits(1):
         return 0, slope
-    fits = lambda b: mem(b) <= budget
-    guess = max(1, int(8 + (budget - mem(8)) // slope))
+    guess = max(1, int(8 + (budget - m8) // slope)) if slope else 1
     step = 1
     if fits(guess):
         lo = guess

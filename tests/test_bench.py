@@ -38,3 +38,10 @@ def test_remat_tpu_needs_a_budget(capsys):
     with pytest.raises(SystemExit):
         bench_models.parse_args(["--models", "none", "--remat-tpu", "v5e:2x2"])
     assert "give it a --remat-budget-gib" in capsys.readouterr().err
+
+
+def test_remat_search_treats_a_plan_the_compiler_refuses_as_not_fitting():
+    # XLA's TPU compiler raises RESOURCE_EXHAUSTED above the chip's memory: the harness records None
+    plan = lambda b: None if b > 50 else 100 + 10 * b
+    assert harness._largest_fitting_batch(plan, budget=10_000) == (50, 10.0)
+    assert harness._largest_fitting_batch(lambda b: None, budget=10_000) == (0, None)
