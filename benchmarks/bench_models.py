@@ -84,6 +84,8 @@ def main(argv=None):
     unknown = sorted(set(models) - set(list_models()))
     if unknown:
         sys.exit(f"unknown model(s) {unknown}; available: {', '.join(list_models())}")
+    # a TPU target that cannot be compiled for fails now, not after the model benchmarks
+    tpu_sharding = harness.tpu_chip_sharding(args.remat_tpu) if args.remat_tpu else None
     os.makedirs(args.out, exist_ok=True)
     machine = harness.describe_machine(args)
     print(machine, flush=True)
@@ -100,7 +102,7 @@ def main(argv=None):
                 traceback.print_exc(limit=2)
             rows.append(row)
             print(harness.format_row(row), flush=True)
-    remat = harness.remat_batches(args) if args.remat_budget_gib > 0 else None
+    remat = harness.remat_batches(args, sharding=tpu_sharding) if args.remat_budget_gib > 0 else None
     report = harness.markdown(rows, machine, peak, args, remat)
     stem = ("results" if models else "remat") + args.suffix
     with open(os.path.join(args.out, f"{stem}.md"), "w") as f:

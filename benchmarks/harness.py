@@ -240,17 +240,19 @@ def bench_model(name, clip, args, peak) -> dict:
     return row
 
 
-def remat_batches(args, name="r3d_18", clip=(16, 112, 112)) -> dict:
+def remat_batches(args, name="r3d_18", clip=(16, 112, 112), sharding=None) -> dict:
     """Largest training batch whose compiled step fits --remat-budget-gib, with and without remat
     (XLA memory analysis of compiled steps: a guess from batches 8 and 16, then bracketed and bisected).
-    With --remat-tpu the steps are compiled for one chip of that TPU topology, without a TPU."""
+    With --remat-tpu the steps are compiled for one chip of that TPU topology, without a TPU
+    (`sharding`: `tpu_chip_sharding(args.remat_tpu)`, made here if not given)."""
     import contextlib
 
     from v3d_flax.conv import conv_impl
 
     budget = int(args.remat_budget_gib * 2 ** 30)
     target = getattr(args, "remat_tpu", "")
-    sharding = tpu_chip_sharding(target) if target else None
+    if target and sharding is None:
+        sharding = tpu_chip_sharding(target)
     # "auto" decides by the backend tracing runs on (CPU here); a TPU gets XLA's native conv
     formulation = (lambda: conv_impl("lax")) if target else contextlib.nullcontext
     result = {"model": name, "clip": "x".join(map(str, clip)), "budget_bytes": budget,

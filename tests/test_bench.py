@@ -45,3 +45,12 @@ def test_remat_search_treats_a_plan_the_compiler_refuses_as_not_fitting():
     plan = lambda b: None if b > 50 else 100 + 10 * b
     assert harness._largest_fitting_batch(plan, budget=10_000) == (50, 10.0)
     assert harness._largest_fitting_batch(lambda b: None, budget=10_000) == (0, None)
+
+
+def test_unusable_tpu_target_fails_before_any_benchmark_and_writes_nothing(tmp_path):
+    from benchmarks import bench_models
+    out = tmp_path / "results"
+    with pytest.raises(SystemExit, match="--remat-tpu no-such-chip: no TPU compiler"):
+        bench_models.main(["--models", "r3d_18", "--remat-budget-gib", "4", "--remat-tpu", "no-such-chip",
+                           "--out", str(out)])
+    assert not out.exists()
