@@ -65,6 +65,38 @@ def test_sigterm_saves_exits_zero_and_resumes_identically(reference, tmp_path):
     assert _comparable(metrics(tmp_path)) == _comparable(metrics(reference))
 
 
+def test_ctrl_c_saves_exits_130_and_resumes_identically(reference, tmp_path):
+    args = [*TINY, "--steps", str(STEPS), "--workdir", str(tmp_path)]  # no --checkpoint-every
+    proc = start(args)
+    wait_for(lambda: len(train_losses(tmp_path)) >= 3, proc)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, err[-3000:]
+    assert "Traceback" not in err and "Ctrl-C: finishing the current step" in err
+    last = max(train_losses(tmp_path))
+    assert f"saved the checkpoint at step {last}" in out and "rerun the same command to resume" in out
+    assert sorted(int(d) for d in os.listdir(tmp_path / "checkpoints")) == [last]
+    assert "step 1/8  loss" in out and "ETA" in out  # plain progress lines when stdout is not a terminal
+    result = train(args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"resuming from the checkpoint at step {last}" in result.stdout
+    assert _comparable(metrics(tmp_path)) == _comparable(metrics(reference))
+
+
+def test_second_ctrl_c_aborts_at_once(tmp_path):
+    proc = start([*TINY, "--steps", "1000", "--workdir", str(tmp_path)])
+    wait_for(lambda: len(train_losses(tmp_path)) >= 1, proc)
+    proc.send_signal(signal.SIGINT)
+    seen = []  # two signals sent at once may reach the process as one: wait for the first to be seen
+    while not any("Ctrl-C: finishing the current step" in line for line in seen):
+        seen.append(proc.stderr.readline())
+        assert seen[-1], "train.py closed stderr before acknowledging Ctrl-C"
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert "second Ctrl-C: aborting now" in err and "Traceback" not in "".join(seen) + err
+
+
 def test_corrupt_latest_checkpoint_falls_back_to_previous(reference, tmp_path):
     workdir = tmp_path / "run"
     shutil.copytree(reference, workdir)
@@ -75,6 +107,9 @@ def test_corrupt_latest_checkpoint_falls_back_to_previous(reference, tmp_path):
             path.write_bytes(b"\0garbage")
             damaged += 1
     assert damaged
+    # As after a crash in the final evaluation: otherwise the rerun would find the run complete.
+    lines = (workdir / "metrics.jsonl").read_text().splitlines(keepends=True)
+    (workdir / "metrics.jsonl").write_text("".join(line for line in lines if '"split": "eval"' not in line))
     result = train([*ARGS, "--workdir", str(workdir)])
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"checkpoint at step {STEPS}" in result.stderr and "falling back" in result.stderr

@@ -29,7 +29,7 @@ def _cli(argv):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--model", "nope"], "argument --model: invalid choice: 'nope'"),
+    (["--model", "nope"], "argument --model: unknown model 'nope'; available models: c2d_r50, c3d"),
     (["--model", "c3d", "--accelerator", "ipu"], "argument --accelerator: invalid choice"),
     (["--model", "c3d", "--batch-size", "0"], "argument --batch-size: expected a positive int"),
     (["--model", "c3d", "--lr", "-1"], "argument --lr: expected a positive float"),
@@ -37,6 +37,8 @@ def _cli(argv):
     (["--model", "c3d", "--precision", "fp16"], "argument --precision: invalid choice"),
     (["--model", "c3d", "--label-smoothing", "1.5"], "argument --label-smoothing: expected a number in [0, 1)"),
     (["--model", "c3d", "--eval-views", "10"], "argument --eval-views: expected CLIPSxCROPS"),
+    (["--model", "c3d", "--eval-views", "2x2"], "with 1 crop (the centre) or 3"),
+    (["--model", "c3d", "--checkpoint-minutes", "-1"], "argument --checkpoint-minutes: expected a non-negative"),
     (["--model", "c3d", "--batch-size", "6", "--grad-accum", "4"], "must be divisible by --grad-accum 4"),
     (["--model", "c3d", "--eval-only"], "--eval-only needs --workdir"),
     (["--steps", "3"], "the following arguments are required: --model"),
@@ -95,16 +97,53 @@ def test_end_to_end_tiny_run_writes_every_output(tmp_path):
         assert {"step", "split", "loss", "top1", "top5", "clips_per_sec", "views", "video_top1"} <= set(r)
         assert r["views"] == "1x1"
     assert result["top1"] == eval_rows[-1]["top1"]
+    # Every evaluation is preceded by a checkpoint, so a failing evaluation cannot lose training.
+    assert sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir()) == [6, 12]
     assert (tmp_path / "curves.png").stat().st_size > 1000
     assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
     assert json.loads((tmp_path / "run.json").read_text())["model"] == "r3d_18"
     assert sorted(p.name for p in (tmp_path / "best").iterdir()) in (["6"], ["12"])
+
+    # The same command again finds the run complete: nothing is built, trained or evaluated.
+    done = run(_tiny_config(tmp_path, steps=12, log_every=4, eval_every=6))
+    assert done["complete"] and done["top1"] == eval_rows[-1]["top1"]
+    assert metrics(tmp_path) == records
 
     # --eval-only on the finished workdir reproduces the last evaluation; other views are logged as such.
     again = run(_tiny_config(tmp_path, steps=12, eval_only=True))
     assert again["top1"] == pytest.approx(eval_rows[-1]["top1"])
     views = run(_tiny_config(tmp_path, steps=12, eval_only=True, eval_views=(2, 1)))
     assert views["views"] == "2x1" and views["num_clips"] == 2 * views["num_videos"]
+
+
+def test_default_workdir_is_the_same_for_the_same_command():
+    config = resolve(TrainConfig(model="c3d"))
+    assert config.workdir == resolve(TrainConfig(model="c3d")).workdir == "runs/c3d-v3d_synthetic_motion"
+    assert resolve(TrainConfig(model="r3d_18", dataset="ucf101/ucf101_1_256:2.0.0")).workdir == \
+        "runs/r3d_18-ucf101_ucf101_1_256_2.0.0"
+
+
+def test_a_failed_final_evaluation_loses_no_training(tmp_path, monkeypatch, capsys):
+    from v3d_flax.train import evaluation
+    from v3d_flax.train.checkpointing import WorkdirError
+
+    def broken(self, state, *, step, should_stop=None):
+        raise RuntimeError("evaluation failed")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(evaluation.Evaluator, "__call__", broken)
+        with pytest.raises(RuntimeError, match="evaluation failed"):
+            run(_tiny_config(tmp_path, steps=2, log_every=1, checkpoint_minutes=1e-9))
+    # --checkpoint-minutes saved after step 1; the final checkpoint was written before the evaluation.
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["1", "2"]
+    # Settings that fix the state or the input order cannot change under a saved run.
+    with pytest.raises(WorkdirError, match=r"--batch-size 8 \(now 4\)"):
+        run(_tiny_config(tmp_path, steps=2, batch_size=4))
+    capsys.readouterr()
+    result = run(_tiny_config(tmp_path, steps=2, log_every=1))  # the same command: only the evaluation runs
+    assert "before its final evaluation; evaluating now" in capsys.readouterr().out
+    assert result["step"] == 2 and [r["step"] for r in metrics(tmp_path) if r["split"] == "eval"] == [2]
+    assert [r["step"] for r in metrics(tmp_path) if r["split"] == "train"] == [1, 2]
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):

@@ -17,6 +17,8 @@ import bisect
 import contextlib
 import dataclasses
 import functools
+import io
+import logging
 import os
 import struct
 import sys
@@ -31,6 +33,21 @@ from v3d_flax.data import synthetic
 # JAX owns the accelerators; tf.data runs on the host (a GPU build of TensorFlow would reserve GPU memory).
 with contextlib.suppress(RuntimeError, ValueError):
     tf.config.set_visible_devices([], "GPU")
+
+
+
+class _QuietTfds(logging.Filter):
+    """Drops tfds's absl warnings that every normal start would print: a dataset variant folder
+    probed before it is built, and a deprecation inside tfds's own feature decoding."""
+
+    NOISE = ("has no dataset_info.json", "`FeatureConnector.dtype` is deprecated")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not any(noise in message for noise in self.NOISE)
+
+
+logging.getLogger("absl").addFilter(_QuietTfds())
 
 EMBEDDED = {synthetic.NAME}
 EVAL_SPLITS = ("validation", "val", "test")
@@ -95,7 +112,8 @@ def _builder(name: str, root: str):
 def not_prepared_message(name: str, root: str, builder) -> str:
     """How to prepare `name` and point --data-dir at it."""
     note = _PREPARE_NOTES.get(_base_name(name))
-    return (f"the tfds dataset {name!r} is not prepared in the data directory {root} (expected "
+    where = f"the data directory {root}" + ("" if os.path.isdir(root) else " (which does not exist)")
+    return (f"the tfds dataset {name!r} is not prepared in {where} (expected "
             f"{builder.data_dir}); training does not download datasets. Prepare it once on a machine with internet "
             f"access:\n    python -m v3d_flax.data prepare {name} --data-dir DIR\n"
             f"(tfds's download and preparation, the same as `tfds build {name} --data_dir DIR`"
@@ -107,7 +125,9 @@ def _build_embedded(builder, root: str) -> None:
     """Generate the embedded dataset once, under a lock so that concurrent processes build it only once."""
     import fcntl
 
-    os.makedirs(root, exist_ok=True)
+    if not os.path.isdir(root):
+        print(f"creating the data directory {root} for the embedded dataset", file=sys.stderr, flush=True)
+        os.makedirs(root, exist_ok=True)
     with open(os.path.join(root, f".{builder.name}.lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
@@ -115,10 +135,14 @@ def _build_embedded(builder, root: str) -> None:
                 print(f"building the embedded dataset {builder.name}/{builder.builder_config.name} in {root} "
                       "(once, a few seconds)", file=sys.stderr, flush=True)
                 tfds.disable_progress_bar()
+                chatter = io.StringIO()  # tfds's "Downloading and preparing dataset Unknown size ..." lines
                 try:
-                    with contextlib.redirect_stdout(sys.stderr):  # keep tfds's chatter off stdout
+                    with contextlib.redirect_stdout(chatter):
                         builder.download_and_prepare(
                             download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+                except BaseException:
+                    sys.stderr.write(chatter.getvalue())
+                    raise
                 finally:
                     tfds.enable_progress_bar()
         finally:

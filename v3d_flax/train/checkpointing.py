@@ -12,6 +12,7 @@ that cannot be read is moved to <workdir>/corrupt/ with a warning and the previo
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import warnings
@@ -49,6 +50,29 @@ def check_workdir(workdir: str, model: str) -> None:
     if info is not None and info.get("model") != model:
         raise WorkdirError(f"workdir {workdir!r} holds checkpoints of model {info.get('model')!r}, not {model!r}; "
                            f"choose another --workdir (nothing was changed)")
+
+
+def read_run_info(workdir: str) -> dict | None:
+    """run.json of the run that owns `workdir` (model, dataset, classes, config), or None."""
+    return _read_run_info(workdir)
+
+
+def latest_saved_step(workdir: str) -> int | None:
+    """The newest complete checkpoint's step in `workdir`, read without creating anything; None if none."""
+    ckpt = os.path.join(workdir, "checkpoints")
+    if not os.path.isdir(ckpt):
+        return None
+    absl_logger = logging.getLogger("absl")
+    level = absl_logger.level
+    absl_logger.setLevel(logging.ERROR)  # orbax warns about each option a read-only manager ignores
+    try:
+        manager = ocp.CheckpointManager(os.path.abspath(ckpt), options=ocp.CheckpointManagerOptions(read_only=True))
+        try:
+            return manager.latest_step()
+        finally:
+            manager.close()
+    finally:
+        absl_logger.setLevel(level)
 
 
 def write_run_info(workdir: str, info: dict) -> None:

@@ -8,7 +8,6 @@ model's canonical clip (`v3d_flax.registry.CANONICAL_CLIPS`).
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import os
 import re
 from dataclasses import dataclass
@@ -55,6 +54,7 @@ class TrainConfig:
     log_every: int | None = None
     eval_every: int | None = None
     checkpoint_every: int = 0
+    checkpoint_minutes: float = 10.0
     keep_checkpoints: int = 2
     init_from: str | None = None
     init_source: str = "v3d"
@@ -78,12 +78,38 @@ class TrainConfig:
         return d
 
 
+EVAL_CROPS = (1, 3)  # the centre crop, or both ends and the centre of the long side (PySlowFast)
+
+
 def parse_views(text: str) -> tuple[int, int]:
-    """'CLIPSxCROPS' (e.g. '10x3') -> (10, 3); ValueError otherwise."""
+    """'CLIPSxCROPS' (e.g. '10x3') -> (10, 3); ValueError otherwise (crops must be 1 or 3)."""
     m = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", text)
     if not m or int(m.group(1)) < 1 or int(m.group(2)) < 1:
         raise ValueError(f"expected CLIPSxCROPS with positive integers, e.g. 1x1 or 10x3, got {text!r}")
+    if int(m.group(2)) not in EVAL_CROPS:
+        raise ValueError(f"expected CLIPSxCROPS with 1 crop (the centre) or 3 (both ends and the centre), "
+                         f"got {text!r}")
     return int(m.group(1)), int(m.group(2))
+
+
+def default_workdir(model: str, dataset: str) -> str:
+    """runs/<model>-<dataset>: the same command always names the same workdir, so rerunning it resumes."""
+    return os.path.join("runs", f"{model}-{re.sub(r'[^A-Za-z0-9_.-]+', '_', dataset)}")
+
+
+# Settings a resumed run must share with the run that wrote the checkpoints: they fix the state's
+# structure, the clip and batch shapes, or the input order. The others (steps, lr, logging,
+# evaluation, ...) may change between runs of one workdir.
+RESUME_FIXED = ("dataset", "num_frames", "crop_size", "batch_size", "grad_accum", "optimizer", "seed")
+
+
+def resume_conflicts(saved: dict, config: "TrainConfig") -> list[str]:
+    """The RESUME_FIXED settings on which `config` differs from a saved run's config (as '--flag A, now B')."""
+    out = []
+    for key in RESUME_FIXED:
+        if key in saved and saved[key] != getattr(config, key):
+            out.append(f"--{key.replace('_', '-')} {saved[key]} (now {getattr(config, key)})")
+    return out
 
 
 def resolve(config: TrainConfig) -> TrainConfig:
@@ -98,8 +124,7 @@ def resolve(config: TrainConfig) -> TrainConfig:
         defaults.update(num_frames=t, crop_size=h)
     changes = {k: v for k, v in defaults.items() if getattr(config, k) is None}
     if config.workdir is None:
-        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-        changes["workdir"] = os.path.join("runs", f"{config.model}-{stamp}")
+        changes["workdir"] = default_workdir(config.model, config.dataset)
     config = config.replace(**changes)
     if config.eval_batch_size is None:
         config = config.replace(eval_batch_size=config.batch_size // config.grad_accum)
@@ -115,6 +140,9 @@ def resolve(config: TrainConfig) -> TrainConfig:
         (config.num_frames >= 1 and config.crop_size >= 1, "--num-frames and --crop-size must be >= 1"),
         (config.log_every >= 1, f"--log-every must be >= 1, got {config.log_every}"),
         (config.eval_every >= 0 and config.checkpoint_every >= 0, "--eval-every/--checkpoint-every must be >= 0"),
+        (config.checkpoint_minutes >= 0, f"--checkpoint-minutes must be >= 0, got {config.checkpoint_minutes}"),
+        (config.eval_views[1] in EVAL_CROPS and config.eval_views[0] >= 1,
+         f"--eval-views must be CLIPSx1 or CLIPSx3, got {config.eval_views[0]}x{config.eval_views[1]}"),
     ]
     for ok, message in checks:
         if not ok:

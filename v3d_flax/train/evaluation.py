@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 
 import jax
@@ -42,7 +43,15 @@ class Evaluator:
 
         self._step = jax.jit(eval_batch, in_shardings=(rep, data), out_shardings=rep)
 
-    def __call__(self, state: dict, *, step: int) -> dict:
+    def num_batches(self) -> int:
+        """Batches in one evaluation pass (every process yields this many)."""
+        c, local = self.config, self.config.eval_batch_size // jax.process_count()
+        clips, crops = c.eval_views
+        return math.ceil(math.ceil(self.info.num_eval / jax.process_count()) * clips * crops / local)
+
+    def __call__(self, state: dict, *, step: int, should_stop=None) -> dict | None:
+        """The eval record of `state` at `step`; None if `should_stop()` became true between batches
+        (single process only: with several, every process must run the same batches)."""
         from tqdm.auto import tqdm
 
         from v3d_flax import data
@@ -56,7 +65,11 @@ class Evaluator:
         show = c.progress and jax.process_index() == 0
         logits, labels, videos = [], [], []
         t0, n = time.perf_counter(), 0
-        for local in tqdm(batches, desc="eval", leave=False, disable=not show or None):
+        if jax.process_count() > 1:
+            should_stop = None
+        for local in tqdm(batches, desc="eval", total=self.num_batches(), leave=False, disable=not show or None):
+            if should_stop is not None and should_stop():
+                return None
             batch = to_global({k: local[k] for k in ("video", "label", "video_index", "mask")}, self.mesh)
             out, label, video, mask = (_local_copy(a) for a in self._step(state, batch))
             keep = mask.astype(bool)

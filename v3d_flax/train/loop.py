@@ -35,23 +35,66 @@ class TrainingDiverged(RuntimeError):
     """The loss became NaN or Inf; the last good checkpoint is kept."""
 
 
-class _Preemption:
-    """SIGTERM (Cloud's preemption notice) sets a flag the loop checks between steps."""
+class _StopRequests:
+    """SIGTERM (Cloud's preemption notice) and a first Ctrl-C set flags the loop checks between steps;
+    a second Ctrl-C ends the process at once.
+
+    The signals are read by a thread from Python's wakeup file descriptor, so they are seen at once
+    even while the main thread waits in XLA (a Python handler would run only when that call returns).
+    """
 
     def __init__(self):
-        self.requested = False
-        self._previous = None
+        self.preempted = False
+        self.interrupted = False
+        self._previous: dict = {}
+        self._read_fd = self._write_fd = None
+        self._previous_fd = -1
+
+    @property
+    def requested(self) -> bool:
+        """True once the run should save and stop."""
+        return self.preempted or self.interrupted
 
     def install(self) -> None:
-        if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        """Take over SIGTERM and SIGINT (single process, main thread only; elsewhere nothing changes)."""
+        if jax.process_count() != 1 or threading.current_thread() is not threading.main_thread():
+            return
+        self._read_fd, self._write_fd = os.pipe()
+        os.set_blocking(self._write_fd, False)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._previous[sig] = signal.signal(sig, lambda signum, frame: None)  # seen by the thread
+        self._previous_fd = signal.set_wakeup_fd(self._write_fd, warn_on_full_buffer=False)
+        threading.Thread(target=self._watch, args=(self._read_fd,), daemon=True, name="v3d-signals").start()
 
-    def _handle(self, signum, frame):
-        self.requested = True
+    def _watch(self, fd: int) -> None:
+        try:
+            while data := os.read(fd, 64):  # empty once uninstall closes the write end
+                for signum in data:
+                    self._on_signal(signum)
+        finally:
+            os.close(fd)
+
+    def _on_signal(self, signum: int) -> None:
+        if signum == signal.SIGTERM:
+            self.preempted = True
+        elif signum == signal.SIGINT:
+            if self.interrupted:
+                os.write(2, b"\nsecond Ctrl-C: aborting now without saving; rerun the same command to resume "
+                            b"from the last checkpoint\n")
+                os._exit(130)
+            self.interrupted = True
+            os.write(2, b"\nCtrl-C: finishing the current step, then saving a checkpoint and exiting "
+                        b"(press Ctrl-C again to abort at once)\n")
 
     def uninstall(self) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
+        """Give the signals back to their previous handlers."""
+        if not self._previous:
+            return
+        signal.set_wakeup_fd(self._previous_fd)
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}
+        os.close(self._write_fd)  # the watcher thread reads end-of-file and closes its end
 
 
 def run(config: TrainConfig) -> dict:
@@ -65,6 +108,12 @@ def run(config: TrainConfig) -> dict:
     if config.parallel == "pmap" and jax.process_count() > 1:
         raise ValueError("--parallel pmap runs in a single process; several processes use the default sharded path")
     checkpointing.check_workdir(config.workdir, config.model)  # before anything is written
+    saved_step = checkpointing.latest_saved_step(config.workdir)
+    if saved_step is not None and not config.eval_only:
+        _check_resumable(config, saved_step)
+        finished = _finished_run(config, saved_step)
+        if finished is not None:
+            return finished
 
     from v3d_flax import data
 
@@ -88,7 +137,8 @@ def run(config: TrainConfig) -> dict:
         state = {**state, **loaded}
 
     checkpointing.write_run_info(config.workdir, {"model": config.model, "dataset": config.dataset,
-                                                  "num_classes": info.num_classes, "config": config.to_json()})
+                                                  "num_classes": info.num_classes,
+                                                  "class_names": list(info.class_names), "config": config.to_json()})
     ckpt = checkpointing.Checkpointer(config.workdir, keep=config.keep_checkpoints)
     logger = MetricsLogger(config.workdir, progress=config.progress)
     start_step, window = 0, []
@@ -133,6 +183,37 @@ def run(config: TrainConfig) -> dict:
     return result
 
 
+def _check_resumable(config: TrainConfig, saved_step: int) -> None:
+    """WorkdirError when the workdir's checkpoints were written with settings this run cannot continue."""
+    from v3d_flax.train.config import resume_conflicts
+
+    info = checkpointing.read_run_info(config.workdir) or {}
+    conflicts = resume_conflicts(info.get("config", {}), config)
+    if conflicts:
+        raise checkpointing.WorkdirError(
+            f"workdir {config.workdir!r} holds a run at step {saved_step} trained with other settings: "
+            f"{', '.join(conflicts)}. Rerun with its settings to resume it, or pass another --workdir to start a "
+            f"new run (nothing was changed)")
+
+
+def _finished_run(config: TrainConfig, saved_step: int) -> dict | None:
+    """The final eval record when the workdir's run already trained every step and was evaluated
+    (printing that it is complete and its summary); None when there is work left."""
+    path = os.path.join(config.workdir, "metrics.jsonl")
+    if saved_step < config.steps or not os.path.isfile(path):
+        return None
+    records = read_metrics(path)
+    final = [r for r in records if r["split"] == "eval" and r["step"] == saved_step]
+    if not final:
+        return None  # trained to the end, but the final evaluation never finished: resume runs it
+    if jax.process_index() == 0:
+        print(f"the run in {config.workdir} is complete: it trained {saved_step} steps (--steps {config.steps}). "
+              f"Pass a larger --steps to train on, or another --workdir to start a new run.", flush=True)
+        print(format_summary(records, model=config.model, workdir=config.workdir, seconds=0.0, timed=False),
+              flush=True)
+    return {**final[-1], "complete": True}
+
+
 def _init_from_torch(model, config: TrainConfig) -> None:
     """Load a PyTorch checkpoint through v3d_flax.port; a classifier of another size stays fresh."""
     from v3d_flax.port import PortError, from_torch, load_torch_checkpoint
@@ -152,7 +233,7 @@ def _train(config, defs, tx, schedule, state, start_step, window, mesh, info, ck
     batches = data.train_batches(
         config.dataset, data_dir=config.data_dir, global_batch_size=micro_batch, num_frames=config.num_frames,
         crop_size=config.crop_size, model_name=config.model, seed=config.seed,
-        start_step=start_step * config.grad_accum, stop_step=config.steps * config.grad_accum,
+        start_step=start_step * config.grad_accum, stop_step=max(start_step, config.steps) * config.grad_accum,
         process_index=jax.process_index(),
         process_count=jax.process_count())
     if data_init:
@@ -185,13 +266,14 @@ def _train(config, defs, tx, schedule, state, start_step, window, mesh, info, ck
         first = jax.tree.map(lambda x: x.addressable_shards[0].data.reshape(x.shape[1:]), state)
         return jax.device_put(first, replicated(mesh))
 
-    preemption = _Preemption()
-    preemption.install()
+    stop = _StopRequests()
     pending = []  # device metrics of steps not yet fetched
     last_good = ckpt.latest_step()
+    last_saved_at = time.monotonic()
     last_eval = None
     bar = logger.bar(config.steps, initial=start_step)
     timer, clips = None, 0
+    run_timer, run_clips = None, 0  # for the ETA of the plain-text progress lines
 
     def fetch() -> None:
         """Move pending device metrics into the window; stop on a non-finite loss."""
@@ -208,12 +290,38 @@ def _train(config, defs, tx, schedule, state, start_step, window, mesh, info, ck
         pending = []
 
     def save(step: int) -> None:
-        nonlocal last_good
+        nonlocal last_good, last_saved_at
         fetch()
         ckpt.save(step, host_state(), {"model": config.model, "step": step, "data_step": step * config.grad_accum,
                                        "window": window, "config": config.to_json()})
-        last_good = step
+        last_good, last_saved_at = step, time.monotonic()
 
+    def evaluate(step: int) -> dict | None:
+        result = evaluator(host_state(), step=step, should_stop=lambda: stop.requested)
+        if result is None:  # a stop request cut the evaluation short; the state was saved before it
+            return None
+        logger.log(result)
+        ckpt.save_best(step, host_state(), {"model": config.model, "step": step}, result["top1"])
+        if not logger.progress:
+            logger.print(f"eval step {step}: loss {result['loss']:.4f} top1 {result['top1']:.3f} "
+                         f"top5 {result['top5']:.3f} video top1 {result['video_top1']:.3f} ({result['views']} views)")
+        return result
+
+    def time_to_save(logged: bool) -> bool:
+        """--checkpoint-minutes elapsed since the last save; with several processes decided by the first
+        at logging steps only, so that every process saves at the same step."""
+        if not config.checkpoint_minutes:
+            return False
+        due = time.monotonic() - last_saved_at >= 60 * config.checkpoint_minutes
+        if jax.process_count() == 1:
+            return due
+        if not logged:
+            return False
+        from jax.experimental import multihost_utils
+
+        return bool(multihost_utils.broadcast_one_to_all(np.asarray(due)))
+
+    stop.install()
     try:
         for step in range(start_step, config.steps):
             for _ in range(config.grad_accum):
@@ -225,10 +333,13 @@ def _train(config, defs, tx, schedule, state, start_step, window, mesh, info, ck
             if timer is None:  # the first step compiles: time from its end
                 jax.block_until_ready(metrics)
                 timer, clips = time.perf_counter(), 0
+                run_timer, run_clips = timer, 0
             else:
                 clips += config.batch_size
+                run_clips += config.batch_size
             bar.update(1)
-            if done % config.log_every == 0 or done == config.steps:
+            logged = done % config.log_every == 0 or done == config.steps
+            if logged:
                 fetch()
                 elapsed = time.perf_counter() - timer
                 record = {"step": done, "split": "train",
@@ -236,27 +347,61 @@ def _train(config, defs, tx, schedule, state, start_step, window, mesh, info, ck
                           "lr": window[-1]["lr"], "clips_per_sec": clips / elapsed if clips and elapsed > 0 else 0.0}
                 logger.log(record)
                 bar.set_postfix(loss=f"{record['loss']:.3f}", top1=f"{record['top1']:.2f}")
+                if not logger.progress:  # no bar (not a terminal, or --no-progress): a plain line instead
+                    logger.print(_progress_line(record, config.steps, run_clips, time.perf_counter() - run_timer,
+                                                config.batch_size))
                 window.clear()
                 timer, clips = time.perf_counter(), 0
-            if config.eval_every and done % config.eval_every == 0 or done == config.steps:
-                fetch()
-                last_eval = evaluator(host_state(), step=done)
-                logger.log(last_eval)
-                ckpt.save_best(done, host_state(), {"model": config.model, "step": done}, last_eval["top1"])
+            if done == config.steps:
+                break  # the final checkpoint and evaluation follow the loop
+            stopping = stop.requested or ckpt.reached_preemption(done)
+            if config.eval_every and done % config.eval_every == 0 and not stopping:
+                save(done)  # an evaluation that fails must not lose the training before it
+                last_eval = evaluate(done) or last_eval
                 timer, clips = time.perf_counter(), 0
-            if (config.checkpoint_every and done % config.checkpoint_every == 0) or done == config.steps:
+                stopping = stop.requested
+            if (config.checkpoint_every and done % config.checkpoint_every == 0) or time_to_save(logged) or stopping:
                 save(done)
-            if preemption.requested or ckpt.reached_preemption(done):
-                save(done)
-                ckpt.wait()
-                bar.close()
-                logger.print(f"preemption notice: saved the checkpoint at step {done}; exiting")
-                return {"step": done, "preempted": True}
+            if stopping:
+                return _stopped(stop, ckpt, bar, logger, done)
+        bar.close()
+        final = max(start_step, config.steps)  # a resumed run may hold more steps than --steps asks for
+        if start_step < config.steps:
+            save(final)
+        ckpt.wait()  # the final checkpoint is on disk before the final evaluation can fail
+        if start_step >= config.steps:
+            logger.print(f"training finished at step {final} before its final evaluation; evaluating now")
+        last_eval = None if stop.requested else evaluate(final)
+        if last_eval is None:
+            return _stopped(stop, ckpt, bar, logger, final, evaluated=False)
     finally:
-        preemption.uninstall()
+        stop.uninstall()
         bar.close()
     ckpt.wait()
-    return last_eval if last_eval is not None else {"step": config.steps}
+    return last_eval
+
+
+def _stopped(stop: _StopRequests, ckpt, bar, logger, step: int, *, evaluated: bool = True) -> dict:
+    """Finish the save that a SIGTERM or Ctrl-C asked for and say how to go on."""
+    ckpt.wait()
+    bar.close()
+    if stop.interrupted:
+        logger.print(f"interrupted: saved the checkpoint at step {step} in {ckpt.dir}; rerun the same command to "
+                     f"resume" + ("" if evaluated else " (it will run the final evaluation)"))
+        return {"step": step, "interrupted": True}
+    logger.print(f"preemption notice: saved the checkpoint at step {step}; exiting")
+    return {"step": step, "preempted": True}
+
+
+def _progress_line(record: dict, total_steps: int, clips: int, seconds: float, batch_size: int) -> str:
+    """'step 20/150  loss 2.0794  top1 0.125  11.0 clips/s  ETA 3m09s' for logs without a progress bar."""
+    rate = clips / seconds if clips and seconds > 0 else 0.0
+    line = (f"step {record['step']}/{total_steps}  loss {record['loss']:.4f}  top1 {record['top1']:.3f}  "
+            f"{record['clips_per_sec']:.1f} clips/s")
+    if rate:
+        eta = int(round((total_steps - record["step"]) * batch_size / rate))
+        line += f"  ETA {eta // 3600}h{eta % 3600 // 60:02d}m" if eta >= 3600 else f"  ETA {eta // 60}m{eta % 60:02d}s"
+    return line
 
 
 def _pmap_batch(local: dict, n: int) -> dict:

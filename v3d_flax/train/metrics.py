@@ -113,11 +113,13 @@ def read_metrics(path: str) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def format_summary(records: list[dict], *, model: str, workdir: str, seconds: float) -> str:
-    """A few lines: last train loss/accuracy, last eval top-1/top-5, throughput, where outputs are."""
+def format_summary(records: list[dict], *, model: str, workdir: str, seconds: float, timed: bool = True) -> str:
+    """A few lines: last train loss/accuracy, last eval top-1/top-5, throughput, where outputs are
+    (`timed=False`: without this invocation's wall time, e.g. for a run found already complete)."""
     train = [r for r in records if r["split"] == "train"]
     evals = [r for r in records if r["split"] == "eval"]
-    lines = [f"== {model}: {len(train) and train[-1]['step']} steps in {seconds:.0f}s =="]
+    steps = len(train) and train[-1]["step"]
+    lines = [f"== {model}: {steps} steps in {seconds:.0f}s ==" if timed else f"== {model}: {steps} steps =="]
     if train:
         t = train[-1]
         lines.append(f"train  loss {t['loss']:.4f}  top1 {t['top1']:.3f}  top5 {t['top5']:.3f}  "
