@@ -7,11 +7,10 @@ clip needs them, so long videos do not have to fit in memory.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, replace
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 from v3d_flax.data.normalization import normalization_for
@@ -32,6 +31,11 @@ class Recipe:
     clips x crops: default views (temporal clips spread over the video; 1 centre crop, or 3 crops
     along the longer side). pathways=2: SlowFast, whose slow clip is `frames // alpha` frames
     subsampled uniformly from the fast one.
+    Pixel rounding, as the weights' publisher does it: `resize_rounding` for the long side of a
+    short-side resize ("round": nearest; "floor": PyTorchVideo's `floor(long / short * resize)`), and
+    for the centre offset `(side - crop) / 2`, `center_rounding` with 1 crop and `three_crop_rounding`
+    with 3 ("round": Python's, halves to even, as torchvision's `center_crop`; "floor"; "ceil").
+    The defaults (round, floor, floor) serve recipes built by hand; `RECIPES` sets each publisher's.
     """
 
     frames: int
@@ -43,30 +47,63 @@ class Recipe:
     fps: float | None = None
     pathways: int = 1
     alpha: int = 4
+    resize_rounding: str = "round"
+    center_rounding: str = "floor"
+    three_crop_rounding: str = "floor"
 
     def __post_init__(self):
         if self.frames < 1 or self.rate < 1 or self.crop < 1 or self.clips < 1 or self.crops not in (1, 3):
             raise ValueError(f"invalid recipe {self}: frames, rate, crop and clips must be >= 1, crops 1 or 3")
+        _check_rounding(self.resize_rounding, RESIZE_ROUNDINGS)
+        _check_rounding(self.center_rounding, CROP_ROUNDINGS)
+        _check_rounding(self.three_crop_rounding, CROP_ROUNDINGS)
+
+    def crop_rounding(self, crops: int) -> str:
+        """The centre-offset rounding of this recipe's 1-crop or 3-crop views."""
+        return self.center_rounding if crops == 1 else self.three_crop_rounding
 
 
-_TORCHVISION = Recipe(frames=16, rate=1, resize=(128, 171), crop=112, clips=5, crops=1, fps=15.0)
-_PTV_8X8 = Recipe(frames=8, rate=8, resize=256, crop=256, clips=10, crops=3)
+RESIZE_ROUNDINGS = ("round", "floor")
+CROP_ROUNDINGS = ("round", "floor", "ceil")
+
+
+def _check_rounding(rounding: str, allowed: tuple[str, ...]) -> None:
+    if rounding not in allowed:
+        raise ValueError(f"unknown pixel rounding {rounding!r}; expected one of {', '.join(allowed)}")
+
+
+# Each publisher's pixel rounding. torchvision: `VideoClassification` resizes to a fixed size, then
+# `functional.center_crop` offsets by int(round(...)). C3D's Caffe VideoDataLayer crops at
+# (side - crop) / 2 in integer arithmetic. PyTorchVideo: `short_side_scale` floors the long side; its
+# 1-crop evaluation (trainer val transform, hub tutorial) is torchvision's CenterCrop / CenterCropVideo,
+# int(round(...)); its 3-crop test is `uniform_crop`, centred by ceil (as PySlowFast's, whose 1-crop
+# test is uniform_crop's centre, ceil, too). DeepMind publishes "short side 256, centre crop 224" for
+# I3D without the rounding: the nearest long side and torchvision's centre rule are kept.
+_TORCHVISION_ROUNDING = dict(center_rounding="round", three_crop_rounding="round")
+_PTV_ROUNDING = dict(resize_rounding="floor", center_rounding="round", three_crop_rounding="ceil")
+_TORCHVISION = Recipe(frames=16, rate=1, resize=(128, 171), crop=112, clips=5, crops=1, fps=15.0,
+                      **_TORCHVISION_ROUNDING)
+_PTV_8X8 = Recipe(frames=8, rate=8, resize=256, crop=256, clips=10, crops=3, **_PTV_ROUNDING)
 
 # Published test recipes (torchvision's video ResNets, C3D on Sports-1M, DeepMind's I3D, PyTorchVideo's zoo).
 RECIPES: dict[str, Recipe] = {
-    "c3d": Recipe(frames=16, rate=1, resize=(128, 171), crop=112, clips=10, crops=1),
+    "c3d": Recipe(frames=16, rate=1, resize=(128, 171), crop=112, clips=10, crops=1,
+                  center_rounding="floor", three_crop_rounding="floor"),
     "r3d_18": _TORCHVISION, "r3d_34": _TORCHVISION, "mc3_18": _TORCHVISION,
     "r2plus1d_18": _TORCHVISION, "r2plus1d_34": _TORCHVISION,
-    "i3d": Recipe(frames=64, rate=1, resize=256, crop=224, clips=1, crops=1, fps=25.0),
+    "i3d": Recipe(frames=64, rate=1, resize=256, crop=224, clips=1, crops=1, fps=25.0, resize_rounding="round",
+                  **_TORCHVISION_ROUNDING),
     "i3d_r50": _PTV_8X8, "slow_r50": _PTV_8X8, "c2d_r50": _PTV_8X8,
-    "csn_r101": Recipe(frames=32, rate=2, resize=256, crop=256, clips=10, crops=3),
-    "r2plus1d_r50": Recipe(frames=16, rate=4, resize=256, crop=256, clips=10, crops=3),
-    "slowfast_r50": Recipe(frames=32, rate=2, resize=256, crop=256, clips=10, crops=3, pathways=2, alpha=4),
-    "slowfast_r101": Recipe(frames=32, rate=2, resize=256, crop=256, clips=10, crops=3, pathways=2, alpha=4),
-    "x3d_xs": Recipe(frames=4, rate=12, resize=182, crop=182, clips=10, crops=3),
-    "x3d_s": Recipe(frames=13, rate=6, resize=182, crop=182, clips=10, crops=3),
-    "x3d_m": Recipe(frames=16, rate=5, resize=256, crop=256, clips=10, crops=3),
-    "x3d_l": Recipe(frames=16, rate=5, resize=356, crop=356, clips=10, crops=3),
+    "csn_r101": Recipe(frames=32, rate=2, resize=256, crop=256, clips=10, crops=3, **_PTV_ROUNDING),
+    "r2plus1d_r50": Recipe(frames=16, rate=4, resize=256, crop=256, clips=10, crops=3, **_PTV_ROUNDING),
+    "slowfast_r50": Recipe(frames=32, rate=2, resize=256, crop=256, clips=10, crops=3, pathways=2, alpha=4,
+                           **_PTV_ROUNDING),
+    "slowfast_r101": Recipe(frames=32, rate=2, resize=256, crop=256, clips=10, crops=3, pathways=2, alpha=4,
+                            **_PTV_ROUNDING),
+    "x3d_xs": Recipe(frames=4, rate=12, resize=182, crop=182, clips=10, crops=3, **_PTV_ROUNDING),
+    "x3d_s": Recipe(frames=13, rate=6, resize=182, crop=182, clips=10, crops=3, **_PTV_ROUNDING),
+    "x3d_m": Recipe(frames=16, rate=5, resize=256, crop=256, clips=10, crops=3, **_PTV_ROUNDING),
+    "x3d_l": Recipe(frames=16, rate=5, resize=356, crop=356, clips=10, crops=3, **_PTV_ROUNDING),
 }
 
 
@@ -172,20 +209,42 @@ def clip_indices(num_frames: int, fps: float, recipe: Recipe, clips: int) -> np.
     return starts[:, None] + offsets[None, :]
 
 
-def resized_size(height: int, width: int, resize: int | tuple[int, int]) -> tuple[int, int]:
-    """(height, width) after resizing: the short side to `resize` keeping the aspect ratio, or a fixed size."""
+def resized_size(height: int, width: int, resize: int | tuple[int, int], rounding: str = "round") -> tuple[int, int]:
+    """(height, width) after resizing: the short side to `resize` keeping the aspect ratio, or a fixed size.
+
+    The long side is `long * resize / short` rounded to nearest ("round"), or PyTorchVideo's
+    `floor(long / short * resize)` ("floor").
+    """
+    _check_rounding(rounding, RESIZE_ROUNDINGS)
     if isinstance(resize, (tuple, list)):
         return int(resize[0]), int(resize[1])
-    if height <= width:
-        return resize, max(resize, int(round(width * resize / height)))
-    return max(resize, int(round(height * resize / width))), resize
+    short, long = min(height, width), max(height, width)
+    if rounding == "floor":
+        # PyTorchVideo's float order, which can drop a pixel even where the short side is already `resize`.
+        long = max(resize, int(math.floor(long / short * resize)))
+    else:
+        long = max(resize, int(round(long * resize / short)))
+    return (resize, long) if height <= width else (long, resize)
 
 
-def crop_offsets(height: int, width: int, crop: int, crops: int) -> list[tuple[int, int]]:
-    """Top-left corners of the centre crop, or of 3 crops (start, centre, end) along the longer side."""
+def _centre(side: int, crop: int, rounding: str) -> int:
+    if rounding == "floor":
+        return (side - crop) // 2
+    if rounding == "ceil":
+        return -(-(side - crop) // 2)
+    return int(round((side - crop) / 2.0))
+
+
+def crop_offsets(height: int, width: int, crop: int, crops: int, rounding: str = "floor") -> list[tuple[int, int]]:
+    """Top-left corners of the centre crop, or of 3 crops (start, centre, end) along the longer side.
+
+    The centre offset `(side - crop) / 2` is rounded by `rounding` ("floor", "ceil", or "round": Python's,
+    halves to even); a recipe's rule is `Recipe.crop_rounding(crops)`.
+    """
+    _check_rounding(rounding, CROP_ROUNDINGS)
     if crop > height or crop > width:
         raise ValueError(f"crop {crop} is larger than the resized frame {height}x{width}")
-    cy, cx = (height - crop) // 2, (width - crop) // 2
+    cy, cx = _centre(height, crop, rounding), _centre(width, crop, rounding)
     if crops == 1:
         return [(cy, cx)]
     if height > width:
@@ -196,8 +255,11 @@ def crop_offsets(height: int, width: int, crop: int, crops: int) -> list[tuple[i
 def preprocess(frames: np.ndarray, recipe: Recipe, mean, std) -> np.ndarray:
     """uint8 (..., T, H, W, 3) -> resized float32 in model units: bilinear (half-pixel, no antialias, as
     torch's interpolate), then (x / 255 - mean) / std. Crops are taken by the caller."""
+    import jax  # here, not at the top: the command lines' parsers import this module
+    import jax.numpy as jnp
+
     frames = np.asarray(frames)
-    height, width = resized_size(frames.shape[-3], frames.shape[-2], recipe.resize)
+    height, width = resized_size(frames.shape[-3], frames.shape[-2], recipe.resize, recipe.resize_rounding)
     x = jnp.asarray(frames, jnp.float32) / 255.0
     if (height, width) != x.shape[-3:-1]:
         x = jax.image.resize(x, (*x.shape[:-3], height, width, 3), method="linear", antialias=False)
@@ -225,7 +287,7 @@ def load_views(path: str | os.PathLike, model_name: str, recipe: Recipe | None =
     frames = preprocess(decode_frames(path, unique), recipe, mean, std)
     height, width = frames.shape[1:3]
     try:
-        corners = crop_offsets(height, width, recipe.crop, crops)
+        corners = crop_offsets(height, width, recipe.crop, crops, recipe.crop_rounding(crops))
     except ValueError as e:
         raise VideoError(f"{path}: {e}") from e
     c = recipe.crop
