@@ -7,8 +7,10 @@ importing `v3d_flax` stays cheap and each family lives in its own file.
 from __future__ import annotations
 
 import importlib
+from typing import TYPE_CHECKING
 
-from flax import nnx
+if TYPE_CHECKING:  # annotations only: the command lines read the names below without importing JAX
+    from flax import nnx
 
 # name -> "module:factory". Names follow torchvision / PyTorchVideo hub names.
 _MODELS: dict[str, str] = {
@@ -64,13 +66,35 @@ def list_models() -> list[str]:
 def get_factory(name: str):
     """The factory function registered under `name`; ValueError listing the names otherwise."""
     if name not in _MODELS:
-        raise ValueError(f"unknown model {name!r}; available models: {', '.join(list_models())}")
+        from v3d_flax.cli import unknown_model_message
+
+        raise ValueError(unknown_model_message(name))
     module, attr = _MODELS[name].split(":")
     return getattr(importlib.import_module(module), attr)
 
 
 def create_model(name: str, *, num_classes: int, rngs: nnx.Rngs, **kwargs) -> nnx.Module:
-    """Build the Flax model `name` (NDHWC input, logits output) with freshly initialised weights."""
-    model = get_factory(name)(num_classes=num_classes, rngs=rngs, **kwargs)
+    """Build the Flax model `name` (NDHWC input, logits output) with freshly initialised weights.
+
+    The random weights are drawn in one jitted program (`v3d_flax.layers.build_batched`), with the
+    values an eager build from the same `rngs` gives. To load a checkpoint, build the structure
+    without any draws with `abstract_model`.
+    """
+    from v3d_flax.layers import build_batched
+
+    model = build_batched(get_factory(name), num_classes=num_classes, rngs=rngs, **kwargs)
+    model.arch = name
+    return model
+
+
+def abstract_model(name: str, *, num_classes: int, rngs: nnx.Rngs | None = None, **kwargs) -> nnx.Module:
+    """`create_model`'s structure without its weights: what ``nnx.eval_shape(lambda: create_model(...))``
+    gives (arrays as jax.ShapeDtypeStruct), but built without tracing and without drawing any random
+    weight; for reading shapes, or for filling in a checkpoint's arrays."""
+    from flax import nnx
+    from v3d_flax.layers import build_abstract
+
+    model = build_abstract(get_factory(name), num_classes=num_classes, rngs=nnx.Rngs(0) if rngs is None else rngs,
+                           **kwargs)
     model.arch = name
     return model

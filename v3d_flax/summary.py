@@ -24,7 +24,7 @@ from flax import nnx
 from v3d_flax import layers
 from v3d_flax.blocks import conv_param_counts
 from v3d_flax.conv import conv_impl
-from v3d_flax.registry import CANONICAL_CLIPS, create_model, list_models
+from v3d_flax.registry import CANONICAL_CLIPS, abstract_model, list_models
 
 # Published figures at 400 classes (Kinetics heads; C3D: 487 Sports-1M classes), from
 # torchvision, PyTorchVideo and the papers: (parameters, GMACs at the canonical clip or None).
@@ -105,7 +105,7 @@ def summarize(name: str, *, num_classes: int = 400, clip: tuple[int, int, int] |
         model_kwargs.setdefault("num_frames", clip[0])
         model_kwargs.setdefault("crop_size", clip[1])
     # Shapes only: no weights are initialised (a forward pass on abstract arrays is all we need).
-    model = nnx.eval_shape(lambda: create_model(name, num_classes=num_classes, rngs=nnx.Rngs(0), **model_kwargs))
+    model = abstract_model(name, num_classes=num_classes, **model_kwargs)
     model.eval()
     graphdef, state = nnx.split(model)
     x = example_input(name, clip)

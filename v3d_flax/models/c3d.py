@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 from flax import nnx
 
-from v3d_flax.layers import Conv3d, Linear, check_video_input, max_pool3d
+from v3d_flax.layers import Conv3d, Linear, NormalInit, check_video_input, max_pool3d
 
 # (name, in, out) of the eight 3x3x3 convs, and the pool (name, kernel = stride, padding) after a stage.
 CONVS = (("conv1", 3, 64), ("conv2", 64, 128), ("conv3a", 128, 256), ("conv3b", 256, 256),
@@ -34,12 +34,13 @@ class C3D(nnx.Module):
         for name, cin, cout in CONVS:
             setattr(self, name, Conv3d(cin, cout, 3, padding=1, use_bias=True, rngs=rngs))
         t, h, w = pooled_shape(num_frames, crop_size)
-        he_fan_in = nnx.initializers.variance_scaling(2.0, "fan_in", "normal")
+        he_fan_in = NormalInit(scale=2.0, mode="fan_in")
         # torch flattens pool5's (C, T, H, W); we flatten (T, H, W, C): porting permutes fc6's columns.
         self.fc6 = Linear(512 * t * h * w, 4096, torch_input_shape=(512, t, h, w), rngs=rngs)
         self.fc7 = Linear(4096, 4096, rngs=rngs)
         for fc in (self.fc6, self.fc7):
-            fc.kernel[...] = he_fan_in(rngs.params(), fc.kernel[...].shape)
+            # set_value, not `[...] =`: under create_model the kernel is still a placeholder
+            fc.kernel.set_value(he_fan_in(rngs.params(), fc.kernel.get_value().shape))
         self.fc8 = Linear(4096, num_classes, rngs=rngs)
         self.dropout = nnx.Dropout(dropout, rngs=rngs)
 
