@@ -59,8 +59,18 @@ def _views(text):
         raise argparse.ArgumentTypeError(str(e))
 
 
+def _model_cpu_defaults_text() -> str:
+    """The per-model CPU defaults that differ from the common ones, for --help's epilog."""
+    from v3d_flax.train.config import CPU_MODEL_DEFAULTS
+
+    parts = [f"{model}: " + ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in values.items())
+             for model, values in sorted(CPU_MODEL_DEFAULTS.items())]
+    return f"On cpu these models have their own defaults: {'; '.join(parts)}." if parts else ""
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser; every flag is documented in --help."""
+    from v3d_flax.cli import model_name
     from v3d_flax.port.keymaps import KEYMAPS
     from v3d_flax.registry import list_models
     from v3d_flax.train.config import ACCEL_DEFAULTS, CPU_DEFAULTS, DEFAULT_DATASET
@@ -69,11 +79,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="train.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Defaults marked 'cpu: A, gpu/tpu: B' depend on --accelerator; gpu/tpu runs use the "
-               "model's canonical clip (16x112x112 for C3D and the ResNets). Exit status: 0 on success "
-               "(also after a SIGTERM, which saves a checkpoint first), 1 on a run-time error (no such "
-               "accelerator, a workdir owned by another model, a NaN loss), 2 on invalid flags.")
+               "model's canonical clip (16x112x112 for C3D and the ResNets). "
+               + _model_cpu_defaults_text() +
+               " Ctrl-C finishes the current step, saves a checkpoint and exits 130 (a second Ctrl-C aborts at "
+               "once); rerun the same command to resume. Exit status: 0 on success (also after a SIGTERM, which "
+               "saves a checkpoint first), 1 on a run-time error (no such accelerator, a workdir owned by another "
+               "model, a NaN loss), 2 on invalid flags, 130 after Ctrl-C.")
     g = p.add_argument_group("model and data")
-    g.add_argument("--model", required=True, choices=list_models(), metavar="NAME",
+    g.add_argument("--model", required=True, type=model_name, metavar="NAME",
                    help=f"model to train, one of: {', '.join(list_models())}")
     g.add_argument("--dataset", default=DEFAULT_DATASET,
                    help=f"'{DEFAULT_DATASET}' (embedded, generated locally, class decided only by motion), "
@@ -142,14 +155,17 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("outputs, evaluation and checkpoints")
     g.add_argument("--workdir", default=None,
                    help="where checkpoints, metrics.jsonl, tensorboard/ and curves.png go; rerunning with the same "
-                        "workdir resumes (default: runs/<model>-<timestamp>)")
+                        "workdir resumes (default: runs/<model>-<dataset>, so rerunning the same command resumes)")
     g.add_argument("--log-every", type=_positive(int), default=None,
                    help=f"log training metrics every N steps (cpu: {cpu['log_every']}, gpu/tpu: {acc['log_every']})")
     g.add_argument("--eval-every", type=_non_negative(int), default=None,
                    help=f"evaluate every N steps, and always at the end; 0: only at the end "
                         f"(cpu: {cpu['eval_every']}, gpu/tpu: {acc['eval_every']})")
     g.add_argument("--checkpoint-every", type=_non_negative(int), default=0,
-                   help="save a checkpoint every N steps; 0: only at the end (default: %(default)s)")
+                   help="also save a checkpoint every N steps; 0: no step interval (default: %(default)s)")
+    g.add_argument("--checkpoint-minutes", type=_non_negative(float), default=10.0, metavar="M",
+                   help="save a checkpoint when M minutes of wall time have passed since the last save, so a crash "
+                        "loses at most about M minutes; 0 disables (default: %(default)s)")
     g.add_argument("--keep-checkpoints", type=_positive(int), default=2,
                    help="latest checkpoints to keep, besides the best by validation top-1 (default: %(default)s)")
     g.add_argument("--eval-only", action="store_true",
@@ -167,8 +183,17 @@ def main(argv=None) -> int:
     """Parse flags, run, map expected failures to one line on stderr and exit status 1."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.init_from is not None and not os.path.exists(args.init_from):  # one line, before any model is built
+        print(f"{parser.prog}: error: --init-from {args.init_from}: no such file or directory", file=sys.stderr)
+        return 2
     if args.init_from is None and args.eval_only and args.workdir is None:
         parser.error("--eval-only needs --workdir (a run to evaluate) or --init-from")
+    from v3d_flax.extras import missing
+
+    needs = missing("train", "training")  # TensorFlow, tfds, TensorBoard, matplotlib: one line, not a traceback
+    if needs:
+        print(f"{parser.prog}: error: {needs}", file=sys.stderr)
+        return 1
 
     from v3d_flax.train import TrainConfig, TrainingDiverged, resolve, run
     from v3d_flax.train.checkpointing import WorkdirError
@@ -182,6 +207,7 @@ def main(argv=None) -> int:
         grad_clip=args.grad_clip,
         seed=args.seed, precision=args.precision, remat=args.remat, grad_accum=args.grad_accum,
         log_every=args.log_every, eval_every=args.eval_every, checkpoint_every=args.checkpoint_every,
+        checkpoint_minutes=args.checkpoint_minutes,
         keep_checkpoints=args.keep_checkpoints, init_from=args.init_from, init_source=args.init_source,
         eval_only=args.eval_only, eval_views=args.eval_views, eval_batch_size=args.eval_batch_size,
         parallel=args.parallel, coordinator_address=args.coordinator_address, num_processes=args.num_processes,
@@ -191,14 +217,17 @@ def main(argv=None) -> int:
     except ValueError as e:
         parser.error(str(e))
     try:
-        run(config)
+        result = run(config)
+    except KeyboardInterrupt:  # Ctrl-C before training started (the loop itself saves and returns)
+        print("interrupted before training started; nothing was saved", file=sys.stderr)
+        return 130
     except (AcceleratorError, WorkdirError, TrainingDiverged) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except ValueError as e:  # settings that only the devices/dataset can refute (batch vs devices, ...)
         print(f"error: {e}", file=sys.stderr)
         return 1
-    return 0
+    return 130 if result and result.get("interrupted") else 0
 
 
 if __name__ == "__main__":

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -243,9 +245,24 @@ def test_predict_cli_text_output_all_ok(videos, r3d_weights, capsys):
     assert 1 >= p1 >= p2 > 0
 
 
+def test_predict_names_the_classes_a_training_run_recorded(videos, tmp_path, capsys):
+    from v3d_flax import create_model
+    from v3d_flax.convert import save_checkpoint
+
+    names = [f"motion {i}" for i in range(8)]
+    run = tmp_path / "run"
+    run.mkdir()
+    save_checkpoint(create_model("r3d_18", num_classes=8, rngs=nnx.Rngs(0)), str(run / "weights"))
+    (run / "run.json").write_text(json.dumps({"model": "r3d_18", "num_classes": 8, "class_names": names}))
+    rc = predict_cli.main(["--model", "r3d_18", "--weights", str(run / "weights"), *TINY, "--top-k", "8", "--json",
+                           "--no-progress", videos["mp4"]])
+    assert rc == 0
+    assert sorted(e["label"] for e in json.loads(capsys.readouterr().out)["results"][0]["top_k"]) == names
+
+
 def test_predict_cli_checkpoint_errors(videos, r3d_weights, tmp_path, capsys):
     assert predict_cli.main(["--model", "mc3_18", "--weights", r3d_weights[0], *TINY, videos["mp4"]]) == 1
-    assert "does not match mc3_18" in capsys.readouterr().err
+    assert "looks like r3d_18, not mc3_18" in capsys.readouterr().err  # same key names, other shapes
     assert predict_cli.main(["--model", "r3d_18", "--weights", str(tmp_path / "none.pth"), videos["mp4"]]) == 1
     assert "no checkpoint" in capsys.readouterr().err
 
@@ -253,7 +270,67 @@ def test_predict_cli_checkpoint_errors(videos, r3d_weights, tmp_path, capsys):
 def test_python_dash_m_usage_error_exits_2():
     proc = subprocess.run([sys.executable, "-m", "v3d_flax.predict", "--model", "no_such_model", "--weights", "x",
                            "v.mp4"], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2 and "invalid choice" in proc.stderr
+    assert proc.returncode == 2 and "unknown model 'no_such_model'" in proc.stderr
+
+
+def test_another_models_checkpoint_is_named_before_the_head_size_is_asked(videos, r3d_weights, capsys):
+    """An r3d_18 file given as x3d_xs: one short line naming r3d_18, not 'pass --num-classes' or 563 keys."""
+    assert predict_cli.main(["--model", "x3d_xs", "--weights", r3d_weights[0], videos["mp4"]]) == 1
+    err = capsys.readouterr().err
+    assert len(err) < 2000 and err.count("\n") == 1, err
+    assert "looks like r3d_18, not x3d_xs" in err and "--model r3d_18" in err and "--num-classes" not in err
+    assert predict_cli.main(["--model", "x3d_xs", "--num-classes", "101", "--weights", r3d_weights[0],
+                             videos["mp4"]]) == 1
+    err = capsys.readouterr().err
+    assert len(err) < 2000 and "looks like r3d_18" in err
+
+
+def test_predict_takes_a_directory_and_reports_progress_on_stderr(videos, r3d_weights, tmp_path, capsys):
+    d = tmp_path / "clips"
+    (d / "sub").mkdir(parents=True)
+    shutil.copy(videos["mp4"], d / "a.mp4")
+    shutil.copy(videos["webm"], d / "sub" / "b.webm")
+    (d / "notes.txt").write_text("not a video\n")
+    assert predict_cli.main(["--model", "r3d_18", "--weights", r3d_weights[0], *TINY, "--json", str(d)]) == 0
+    out, err = capsys.readouterr()
+    report = json.loads(out)  # progress never reaches stdout
+    assert [r["file"] for r in report["results"]] == [str(d / "a.mp4"), str(d / "sub" / "b.webm")]
+    assert "predict: 1/2 videos" in err and "predict: 2/2 videos" in err
+    (tmp_path / "empty").mkdir()
+    assert predict_cli.main(["--model", "r3d_18", "--weights", r3d_weights[0], str(tmp_path / "empty")]) == 1
+    assert "no video files found" in capsys.readouterr().err
+
+
+def test_predict_checks_its_inputs_before_loading_the_model(r3d_weights, videos, monkeypatch, capsys):
+    from v3d_flax import convert
+
+    def fail(*args, **kwargs):
+        raise AssertionError("the model was loaded before the inputs were checked")
+
+    monkeypatch.setattr(convert, "load_model", fail)
+    with pytest.raises(SystemExit) as e:
+        predict_cli.main(["--model", "r3d_18", "--weights", r3d_weights[0], videos["mp4"], "missing.mp4"])
+    assert e.value.code == 2 and "no such file or directory: missing.mp4" in capsys.readouterr().err
+
+
+def test_progress_is_quiet_for_one_item_and_plain_off_a_terminal():
+    from v3d_flax.cli import Progress
+
+    one = io.StringIO()
+    with Progress(1, "predict", stream=one) as p:
+        p.update()
+    assert one.getvalue() == ""
+    many = io.StringIO()
+    with Progress(20, "predict", stream=many) as p:
+        for i in range(20):
+            p.update(failed=i == 1)
+    lines = many.getvalue().splitlines()
+    assert len(lines) == 10 and "\r" not in many.getvalue()  # a line per tenth, no bar redraws
+    assert lines[0].startswith("predict: 2/20 videos, 1 failed, ") and lines[-1].startswith("predict: 20/20 videos")
+    off = io.StringIO()
+    with Progress(20, "predict", stream=off, enabled=False) as p:
+        p.update()
+    assert off.getvalue() == ""
 
 
 # ------------------------------------------------------------------------------------------------ features

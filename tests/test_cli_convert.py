@@ -115,7 +115,7 @@ def test_failed_conversion_writes_nothing(mc3_pth, tmp_path, capsys):
     src, _ = mc3_pth
     for dest in ("x.pth", "x.safetensors", "x_dir"):
         assert convert.main(["--model", "r3d_18", "--from", src, "--to", str(tmp_path / dest)]) == 1
-        assert "does not match r3d_18" in capsys.readouterr().err
+        assert "looks like mc3_18, not r3d_18" in capsys.readouterr().err
     garbage = tmp_path / "garbage.pth"
     garbage.write_bytes(b"\x00not a checkpoint")
     assert convert.main(["--model", "mc3_18", "--from", str(garbage), "--to", str(tmp_path / "y.pth")]) == 1
@@ -126,7 +126,29 @@ def test_failed_conversion_writes_nothing(mc3_pth, tmp_path, capsys):
     assert e.value.code == 2
 
 
-def test_training_workdir_checkpoint_to_torch(tmp_path):
+def test_another_models_checkpoint_is_named(mc3_pth, tmp_path, capsys):
+    """mc3_18 weights converted as x3d_xs: a short error naming mc3_18, from a torch file, a Flax file that
+    records its model, and a Flax file that does not (found by its keys)."""
+    src, _ = mc3_pth
+    assert convert.main(["--model", "x3d_xs", "--from", src, "--to", str(tmp_path / "x.pth")]) == 1
+    err = capsys.readouterr().err
+    assert len(err) < 2000 and "looks like mc3_18, not x3d_xs" in err and "pass --model mc3_18" in err, err
+    flax_file = tmp_path / "mc3.safetensors"
+    assert convert.main(["--model", "mc3_18", "--from", src, "--to", str(flax_file)]) == 0
+    assert convert.main(["--model", "x3d_xs", "--from", str(flax_file), "--to", str(tmp_path / "x.pth")]) == 1
+    err = capsys.readouterr().err
+    assert "holds a mc3_18 checkpoint" in err and "pass --model mc3_18" in err
+    from safetensors.numpy import load_file, save_file
+
+    bare = tmp_path / "bare.safetensors"
+    save_file(load_file(str(flax_file)), str(bare))  # the same tensors, no metadata
+    assert convert.main(["--model", "x3d_xs", "--from", str(bare), "--to", str(tmp_path / "x.pth")]) == 1
+    err = capsys.readouterr().err
+    assert len(err) < 2000 and "looks like mc3_18, not x3d_xs" in err and "--num-classes" not in err, err
+    assert not (tmp_path / "x.pth").exists()
+
+
+def test_training_workdir_checkpoint_to_torch(tmp_path, capsys):
     """A v3d_flax.train workdir (params, BatchNorm stats, RNG streams, optimizer state) -> .pth."""
     import optax
 
@@ -149,3 +171,4 @@ def test_training_workdir_checkpoint_to_torch(tmp_path):
     model.arch = "mc3_18"
     assert_state_dicts_identical(to_torch(model), torch.load(dest, weights_only=True), ordered=False)
     assert convert.main(["--model", "r3d_18", "--from", str(workdir), "--to", str(tmp_path / "no.pth")]) == 1
+    assert "holds a mc3_18 checkpoint" in capsys.readouterr().err

@@ -175,6 +175,16 @@ def test_head_false_keeps_the_models_classifier(resnet2d):
                                   resnet2d.state_dict()["layer1.2.bn3.weight"].numpy())
 
 
+def test_a_head_of_another_size_asks_for_head_false():
+    with torch.device("meta"):  # names and shapes only
+        shapes = {k: v.shape for k, v in ResNet50_2d(num_classes=1000).state_dict().items()}
+    sd = {k: np.zeros(s, np.float32) for k, s in shapes.items()}
+    model = nnx.eval_shape(lambda: v3d_flax.create_model("slow_r50", num_classes=10, rngs=nnx.Rngs(0)))
+    with pytest.raises(port.PortError, match="pass head=False") as err:
+        port.inflate_2d(model, sd)
+    assert [m.split(" ")[0] for m in err.value.mismatched] == ["fc.weight", "fc.bias"]
+
+
 def test_bad_input_is_refused_and_leaves_the_model_untouched(resnet2d):
     model = flax_model_without_init("c2d_r50", num_classes=7)
     before = port.to_torch(model)

@@ -80,8 +80,9 @@ def test_checkpoint_for_another_family_member_is_refused(manifests):
     """Same key names across the family, different layouts: slow_r50's file into c2d_r50 or i3d_r50."""
     slow = {k: np.zeros(s, np.float32) for k, s in _manifest(manifests, "slow_r50").items()}
     c2d = _abstract("c2d_r50")
-    with pytest.raises(port.PortError, match="blocks.6.proj.weight"):
+    with pytest.raises(port.PortError, match=r"missing keys \(97\): by module: .*blocks\.6 2") as err:
         port.from_torch(c2d, slow, source="pytorchvideo")
+    assert "blocks.6.proj.weight" in err.value.missing  # the message summarises; the exception keeps every key
     i3d_keys = {k: np.zeros(s, np.float32) for k, s in _manifest(manifests, "i3d_r50").items()}
     with pytest.raises(port.PortError, match=r"mis-shaped keys.*blocks.0.conv.weight"):
         port.from_torch(c2d, i3d_keys, source="pytorchvideo")  # same keys, 5x7x7 vs 1x7x7 stem

@@ -24,9 +24,9 @@ import jax
 import numpy as np
 from flax import nnx
 
-from v3d_flax.port import PortError, from_torch, load_torch_checkpoint, to_torch, torch_shapes
+from v3d_flax.port import PortError, PortReport, from_torch, load_torch_checkpoint, to_torch, torch_shapes
 from v3d_flax.port.keymaps import KEYMAPS
-from v3d_flax.registry import create_model, get_factory, list_models
+from v3d_flax.registry import abstract_model, create_model, get_factory, list_models
 
 FORMAT = "v3d-flax"
 TORCH_SUFFIXES = (".pth", ".pt", ".pkl", ".pickle")
@@ -53,7 +53,7 @@ def build_model(name: str, num_classes: int, recipe=None, *, seed: int = 0) -> n
 def blank_model(name: str, num_classes: int, recipe=None) -> nnx.Module:
     """`build_model` without the random initialisation (arrays of zeros), for weights about to be loaded:
     initialising a large model's weights costs seconds on a CPU."""
-    graphdef, abstract = nnx.split(nnx.eval_shape(lambda: build_model(name, num_classes, recipe)))
+    graphdef, abstract = nnx.split(_abstract_model(name, num_classes, recipe))
 
     def zeros(x):
         if jax.numpy.issubdtype(x.dtype, jax.dtypes.prng_key):
@@ -72,9 +72,13 @@ def flax_state(model: nnx.Module) -> dict[str, np.ndarray]:
             for path, v in nnx.to_flat_state(state)}
 
 
+def _abstract_model(name: str, num_classes: int, recipe=None) -> nnx.Module:
+    """`build_model`'s structure, arrays as jax.ShapeDtypeStruct, no weight drawn (`abstract_model`)."""
+    return abstract_model(name, num_classes=num_classes, rngs=nnx.Rngs(0), **_model_kwargs(name, recipe))
+
+
 def _abstract_shapes(name: str, num_classes: int, recipe, kind: str) -> dict[str, tuple]:
-    model = nnx.eval_shape(lambda: build_model(name, num_classes, recipe))
-    model.arch = name
+    model = _abstract_model(name, num_classes, recipe)
     if kind == "torch":
         return torch_shapes(model)
     state = nnx.state(model, _WEIGHTS)
@@ -199,13 +203,52 @@ def assign_flax_state(model: nnx.Module, flat: dict[str, np.ndarray]) -> None:
         updates.append((var, flat[key]))
     unexpected = sorted(k for k in flat if k not in expected and "rngs" not in k.split("/"))
     if missing or mismatched or unexpected:
-        parts = [f"{label}: {', '.join(items[:8])}{' ...' if len(items) > 8 else ''}"
-                 for label, items in (("missing", missing), ("mis-shaped", mismatched), ("unexpected", unexpected))
-                 if items]
+        report = PortReport(missing=missing, unexpected=unexpected, mismatched=mismatched)
         raise PortError(f"Flax checkpoint does not match {getattr(model, 'arch', type(model).__name__)}: "
-                        + "; ".join(parts))
+                        + report.describe(), report)
     for var, value in updates:
         var[...] = jax.numpy.asarray(value, dtype=var[...].dtype)
+
+
+def _recorded_arch(path: str, meta: dict) -> str | None:
+    """The model a Flax checkpoint says it holds: its metadata, else the run.json of the training workdir
+    that `path` is (or whose checkpoints/<step> or best/<step> directory it is)."""
+    if meta.get("arch"):
+        return meta["arch"]
+    if not os.path.isdir(path):
+        return None
+    import json
+
+    here = os.path.abspath(path)
+    for d in (here, os.path.dirname(here), os.path.dirname(os.path.dirname(here))):
+        if os.path.isfile(os.path.join(d, "run.json")):
+            try:
+                with open(os.path.join(d, "run.json")) as f:
+                    model = json.load(f).get("model")
+            except (OSError, ValueError, AttributeError):
+                return None
+            return model if isinstance(model, str) else None
+    return None
+
+
+def _wrong_model(name: str, path: str, shapes: dict, kind: str, source: str | None) -> CheckpointError | None:
+    """A CheckpointError naming the registered model whose keys the checkpoint (`shapes`) fits better than
+    `name`'s, or None when no other model fits better (the original error then stands)."""
+    from v3d_flax.port.identify import identify_checkpoint, match_model
+
+    shapes = {k: tuple(v) for k, v in shapes.items()}
+    try:
+        best = identify_checkpoint(shapes, kind=kind, source=source, first=name)
+        if best is None or best.model == name:
+            return None
+        own = match_model(shapes, name, kind=kind, source=source)
+    except Exception:  # identification is a courtesy: never let it hide the error it explains
+        return None
+    if best.score < 0.5 or not (best.complete or best.score > own.score):
+        return None
+    flags = f"--model {best.model}" + (f" --source {best.source}" if source and best.source != source else "")
+    return CheckpointError(f"{path}: this checkpoint looks like {best.model}, not {name} (it has "
+                           f"{best.describe()} and {own.describe()}); pass {flags}")
 
 
 def load_model(name: str, path: str | os.PathLike, *, source: str = "v3d", num_classes: int | None = None,
@@ -216,33 +259,48 @@ def load_model(name: str, path: str | os.PathLike, *, source: str = "v3d", num_c
         raise CheckpointError(f"no checkpoint at {path!r}")
     if is_flax_checkpoint(path):
         flat, meta = read_flax_checkpoint(path)
-        if meta.get("arch") and meta["arch"] != name:
-            raise CheckpointError(f"{path} holds a {meta['arch']!r} checkpoint, not {name!r}")
+        recorded = _recorded_arch(path, meta)
+        if recorded and recorded != name:
+            raise CheckpointError(f"{path} holds a {recorded} checkpoint (recorded in it), not {name}; "
+                                  f"pass --model {recorded}")
         if recipe is None and meta.get("num_frames") and meta.get("crop_size"):
             from v3d_flax.video import Recipe
 
             size = int(meta["crop_size"])
             recipe = Recipe(frames=int(meta["num_frames"]), rate=1, resize=size, crop=size)
         shapes = {k: v.shape for k, v in flat.items()}
-        num_classes = num_classes or meta.get("num_classes") or infer_num_classes(name, shapes, kind="flax",
-                                                                                   recipe=recipe)
-        model = blank_model(name, int(num_classes), recipe)
-        assign_flax_state(model, flat)
+        try:
+            num_classes = num_classes or meta.get("num_classes") or infer_num_classes(name, shapes, kind="flax",
+                                                                                       recipe=recipe)
+            model = blank_model(name, int(num_classes), recipe)
+            assign_flax_state(model, flat)
+        except (CheckpointError, PortError) as e:
+            better = _wrong_model(name, path, shapes, "flax", None)
+            if better is None:
+                raise
+            raise better from e
     else:
         try:
             state = load_torch_checkpoint(path)
         except (ValueError, OSError) as e:
             raise CheckpointError(str(e)) from e
-        if num_classes is None:
-            from v3d_flax.port import rename_keys
+        try:
+            if num_classes is None:
+                from v3d_flax.port import rename_keys
 
-            renamed = rename_keys(state, source, name)
-            num_classes = infer_num_classes(name, {k: v.shape for k, v in renamed.items()}, kind="torch",
-                                            recipe=recipe)
-        model = blank_model(name, int(num_classes), recipe)
-        from_torch(model, state, source=source, strict=True)
+                renamed = rename_keys(state, source, name)
+                num_classes = infer_num_classes(name, {k: v.shape for k, v in renamed.items()}, kind="torch",
+                                                recipe=recipe)
+            model = blank_model(name, int(num_classes), recipe)
+            from_torch(model, state, source=source, strict=True)
+        except (CheckpointError, PortError) as e:  # another model's checkpoint: say so, before --num-classes
+            better = _wrong_model(name, path, {k: v.shape for k, v in state.items()}, "torch", source)
+            if better is None:
+                raise
+            raise better from e
     _, state = nnx.split(model)
-    nnx.update(model, jax.tree.map(jax.numpy.asarray, state))  # host zeros filled in place -> device arrays
+    # host arrays filled in place -> device arrays; device_put, as jnp.asarray compiles a program per shape
+    nnx.update(model, jax.tree.map(jax.device_put, state))
     model.eval()
     return model
 
@@ -321,8 +379,9 @@ def save_checkpoint(model: nnx.Module, dest: str | os.PathLike, *, force: bool =
                           metadata={k: str(v) for k, v in meta.items() if v is not None})
                 kind = "flax-safetensors"
             else:
-                import torch
+                from v3d_flax.extras import require
 
+                torch = require("torch", "writing a PyTorch checkpoint (.pth)")
                 torch.save(_in_reference_order(model, to_torch(model)), tmp)
                 kind = "torch"
             umask = os.umask(0)
@@ -351,9 +410,11 @@ def save_checkpoint(model: nnx.Module, dest: str | os.PathLike, *, force: bool =
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line of `python -m v3d_flax.convert`."""
+    from v3d_flax.cli import model_name
+
     p = argparse.ArgumentParser(prog="python -m v3d_flax.convert", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, choices=list_models(), metavar="NAME",
+    p.add_argument("--model", required=True, type=model_name, metavar="NAME",
                    help="registry name: " + ", ".join(list_models()))
     p.add_argument("--from", dest="src", required=True, metavar="PATH", help="checkpoint to read (torch or Flax)")
     p.add_argument("--to", dest="dst", required=True, metavar="PATH",
@@ -368,11 +429,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     """Run the converter; 0 on success, 1 on a failed conversion, 2 on usage errors."""
     args = build_parser().parse_args(argv)
+    from v3d_flax.extras import MissingExtraError
+
     try:
         _check_destination(args.dst, args.force)
         model = load_model(args.model, args.src, source=args.source, num_classes=args.num_classes)
         kind = save_checkpoint(model, args.dst, force=args.force)
-    except (CheckpointError, PortError, ValueError, OSError) as e:
+    except (CheckpointError, PortError, ValueError, OSError, MissingExtraError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(f"wrote {args.dst} ({kind}, {args.model})")

@@ -6,7 +6,9 @@ Features are the model's pooled pre-classifier activations (`forward_features`; 
 or fc6 with --layer fc6), averaged over the recipe's views. Directories are searched recursively for
 video files. The .npz holds `features` (N, F) float32, `files` (N,) the path of each row, `failed` and
 `errors` for the files that could not be used, plus `model` and `layer`. Exit status: 0 when every
-file worked, 1 when some failed (the others are still written), 2 for usage errors.
+file worked, 1 when some failed (the others are still written), 2 for usage errors (inputs that do
+not exist are one, reported before the model loads). Progress goes to stderr: a bar on a terminal,
+else a line per tenth of the videos.
 """
 
 from __future__ import annotations
@@ -17,10 +19,10 @@ import sys
 import tempfile
 
 import numpy as np
-from tqdm import tqdm
 
-from v3d_flax.predict import add_model_arguments, file_error, load_predictor, recipe_from_args
-from v3d_flax.video import find_videos, load_views
+from v3d_flax.cli import Progress
+from v3d_flax.predict import add_model_arguments, collect_videos, file_error, load_predictor, recipe_from_args
+from v3d_flax.video import load_views
 
 C3D_LAYERS = ("fc6", "fc7")
 
@@ -64,9 +66,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     """Run the feature extractor CLI; returns the exit status."""
-    from v3d_flax.convert import CheckpointError
-    from v3d_flax.port import PortError
-
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.layer is not None and args.model != "c3d":
@@ -76,26 +75,36 @@ def main(argv=None) -> int:
     if os.path.lexists(args.out) and not args.force:
         print(f"error: {args.out} already exists; pass --force to overwrite it", file=sys.stderr)
         return 1
-    files = find_videos(args.inputs)
+    files = collect_videos(parser, args.inputs)
     if not files:
         print("error: no video files found in " + ", ".join(args.inputs), file=sys.stderr)
         return 1
+    from v3d_flax.convert import CheckpointError
+    from v3d_flax.extras import MissingExtraError
+    from v3d_flax.port import PortError
+
     layer = args.layer or ("fc7" if args.model == "c3d" else "pooled")
     try:
         recipe = recipe_from_args(args)
-        predictor, _ = load_predictor(args, recipe, feature_layer=args.layer)
-    except (CheckpointError, PortError, ValueError, OSError) as e:
+        predictor = load_predictor(args.model, args.weights, source=args.source, num_classes=args.num_classes,
+                                   recipe=recipe, batch_size=args.batch_size, feature_layer=args.layer)
+    except (CheckpointError, PortError, ValueError, OSError, MissingExtraError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     rows, done, failed, errors = [], [], [], []
-    for path in tqdm(files, desc="features", unit="video", disable=args.no_progress, file=sys.stderr):
-        try:
-            rows.append(video_features(predictor, path, args.model, recipe, clips=args.clips, crops=args.crops))
-            done.append(path)
-        except Exception as e:  # one bad file must not stop the others
-            failed.append(path)
-            errors.append(file_error(path, e))
-            tqdm.write(f"error: {errors[-1]}", file=sys.stderr)
+    with Progress(len(files), "features", enabled=not args.no_progress) as progress:
+        for path in files:
+            try:
+                rows.append(video_features(predictor, path, args.model, recipe, clips=args.clips,
+                                           crops=args.crops))
+                done.append(path)
+            except Exception as e:  # one bad file must not stop the others
+                failed.append(path)
+                errors.append(file_error(path, e))
+                progress.write(f"error: {errors[-1]}")
+                progress.update(failed=True)
+                continue
+            progress.update()
     features = np.stack(rows).astype(np.float32) if rows else np.zeros((0, 0), np.float32)
     try:
         save_npz(args.out, {"features": features, "files": np.array(done, dtype=str),

@@ -1,11 +1,13 @@
 """Classify video files with a pretrained model: multi-view inference, top-k labels.
 
-    python -m v3d_flax.predict --model NAME --weights PATH [--top-k 5] [--json] VIDEO...
+    python -m v3d_flax.predict --model NAME --weights PATH [--top-k 5] [--json] VIDEO_OR_DIR...
 
 Each video is decoded with PyAV and sampled as the model's recipe says (`v3d_flax.video.RECIPES`:
 frames x rate, resize, crop, normalisation); the softmax probabilities of all views (clips x crops)
-are averaged. Exit status: 0 when every file was classified, 1 when some failed (their errors are
-printed, the others are still processed), 2 for usage errors.
+are averaged. Directories are searched recursively for video files. Over several videos, progress
+goes to stderr (a bar on a terminal, else a line per tenth). Exit status: 0 when every file was
+classified, 1 when some failed (their errors are printed, the others are still processed), 2 for
+usage errors (a misspelt model, an input that does not exist: checked before the model loads).
 """
 
 from __future__ import annotations
@@ -15,14 +17,18 @@ import json
 import os
 import sys
 from importlib import resources
+from typing import TYPE_CHECKING
 
-import jax
-import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
+from v3d_flax.cli import Progress, model_name
 from v3d_flax.registry import list_models
-from v3d_flax.video import Recipe, VideoError, load_views, recipe_for
+from v3d_flax.video import Recipe, VideoError, find_videos, load_views, recipe_for
+
+# JAX and Flax are imported where they are used: `python -m v3d_flax.predict` parses its arguments
+# (and reports usage errors) first.
+if TYPE_CHECKING:
+    from flax import nnx
 
 BUILTIN_CLASSES = {"kinetics400": 400, "ucf101": 101}
 
@@ -47,11 +53,33 @@ def load_class_names(spec: str | None, num_classes: int) -> list[str]:
     return names
 
 
+def recorded_class_names(weights: str | os.PathLike) -> list[str] | None:
+    """The class names a train.py run recorded in its run.json, when `weights` is that run's workdir
+    (or its checkpoints/, best/ or one step directory); None otherwise."""
+    here = os.path.abspath(weights)
+    if not os.path.isdir(here):
+        return None
+    for d in (here, os.path.dirname(here), os.path.dirname(os.path.dirname(here))):
+        path = os.path.join(d, "run.json")
+        if os.path.isfile(path):
+            try:
+                with open(path, encoding="utf-8") as f:
+                    names = json.load(f).get("class_names")
+            except (OSError, ValueError, AttributeError):
+                return None
+            return [str(n) for n in names] if isinstance(names, list) else None
+    return None
+
+
 class Predictor:
     """A model in eval mode with jitted logits / features over batches of views (fixed batch shape)."""
 
     def __init__(self, model: nnx.Module, *, batch_size: int = 8, feature_layer: str | None = None):
+        import jax
+        from flax import nnx
+
         model.eval()
+        self.model = model
         self.arch = getattr(model, "arch", None)
         self.batch_size = batch_size
         graphdef, state = nnx.split(model)
@@ -72,6 +100,8 @@ class Predictor:
         self._state, self._logits, self._features = state, logits, features
 
     def _batched(self, fn, views) -> np.ndarray:
+        import jax.numpy as jnp
+
         parts = views if isinstance(views, (list, tuple)) else [views]
         n = parts[0].shape[0]
         batch = min(self.batch_size, n)
@@ -96,12 +126,21 @@ class Predictor:
 
 def average_probabilities(logits: np.ndarray) -> np.ndarray:
     """The mean over views of the softmax probabilities, (num_classes,) float32."""
+    import jax
+    import jax.numpy as jnp
+
     return np.asarray(jax.nn.softmax(jnp.asarray(logits, jnp.float32), axis=-1).mean(axis=0))
 
 
-def predict_video(predictor: Predictor, path: str, model_name: str, recipe: Recipe | None = None, *,
+def predict_video(predictor: Predictor, path: str, model_name: str | None = None, recipe: Recipe | None = None, *,
                   clips: int | None = None, crops: int | None = None) -> np.ndarray:
-    """View-averaged class probabilities of one video file; VideoError names the file on failure."""
+    """View-averaged class probabilities of one video file, (num_classes,) float32.
+
+    The video is sampled with `recipe` (default: the model's, `v3d_flax.video.recipe_for`), over `clips`
+    x `crops` views (default: the recipe's). `model_name` defaults to the predictor's model. A file that
+    cannot be used raises `v3d_flax.video.VideoError` naming it.
+    """
+    model_name = model_name or predictor.arch
     return average_probabilities(predictor.logits(load_views(path, model_name, recipe, clips=clips, crops=crops)))
 
 
@@ -122,7 +161,7 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     """Options shared by predict and features: model, weights, recipe overrides."""
     from v3d_flax.port.keymaps import KEYMAPS
 
-    p.add_argument("--model", required=True, choices=list_models(), metavar="NAME",
+    p.add_argument("--model", required=True, type=model_name, metavar="NAME",
                    help="registry name: " + ", ".join(list_models()))
     p.add_argument("--weights", required=True, metavar="PATH",
                    help="checkpoint: PyTorch (.pth/.pt/.pickle/.safetensors) or Flax (orbax dir, .safetensors, "
@@ -144,12 +183,32 @@ def recipe_from_args(args) -> Recipe:
     return recipe_for(args.model, frames=args.frames, rate=args.rate, resize=args.resize, crop=args.crop)
 
 
-def load_predictor(args, recipe: Recipe, **kw) -> Predictor:
-    """Build the model, load --weights, wrap it in a Predictor (errors are CheckpointError/PortError)."""
+def load_predictor(model_name: str, weights: str | os.PathLike, *, source: str = "v3d", num_classes: int | None = None,
+                   recipe: Recipe | None = None, batch_size: int = 8, feature_layer: str | None = None) -> Predictor:
+    """Build `model_name`, load `weights` into it and wrap it in a Predictor (eval mode, jitted).
+
+    `weights`: a PyTorch checkpoint (.pth/.pt/.pickle, needs the [torch] extra; or .safetensors with
+    torch key names) whose key naming `source` names ("v3d", "torchvision", "pytorchvideo",
+    "pytorch-i3d", "c3d-sports1m"), or a Flax checkpoint (a .safetensors or orbax directory written by
+    `v3d_flax.convert`, a `train.py` workdir). `num_classes` is read from the checkpoint unless given;
+    `recipe` fixes C3D's clip size (default: the checkpoint's, else the model's). `batch_size` views go
+    through each forward pass; `feature_layer` picks C3D's feature layer ("fc6" or "fc7") for
+    `Predictor.features`. The loaded model is `predictor.model`. Errors: `v3d_flax.convert.CheckpointError`,
+    `v3d_flax.port.PortError`.
+    """
     from v3d_flax.convert import load_model
 
-    model = load_model(args.model, args.weights, source=args.source, num_classes=args.num_classes, recipe=recipe)
-    return Predictor(model, batch_size=args.batch_size, **kw), model
+    model = load_model(model_name, weights, source=source, num_classes=num_classes, recipe=recipe)
+    return Predictor(model, batch_size=batch_size, feature_layer=feature_layer)
+
+
+def collect_videos(parser: argparse.ArgumentParser, inputs) -> list[str]:
+    """The video files of `inputs` (directories searched recursively, see `find_videos`); a usage error
+    (exit 2) names every input that does not exist, so that nothing waits for a model to load first."""
+    missing = [path for path in inputs if not os.path.exists(path)]
+    if missing:
+        parser.error(f"no such file or directory: {', '.join(missing)}")
+    return find_videos(inputs)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -162,40 +221,54 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: by head size, else class_<i>)")
     p.add_argument("--top-k", type=int, default=5, help="labels to print per video (default: 5)")
     p.add_argument("--json", action="store_true", help="print one JSON document instead of text")
-    p.add_argument("videos", nargs="+", metavar="VIDEO", help="video files (mp4, avi, webm, ...)")
+    p.add_argument("--no-progress", action="store_true", help="no progress on stderr")
+    p.add_argument("videos", nargs="+", metavar="VIDEO_OR_DIR",
+                   help="video files (mp4, avi, webm, ...) or directories of videos")
     return p
 
 
 def main(argv=None) -> int:
     """Run the classifier CLI; returns the exit status."""
-    from v3d_flax.convert import CheckpointError
-    from v3d_flax.port import PortError
-
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.top_k < 1 or args.batch_size < 1 or (args.clips is not None and args.clips < 1):
         parser.error("--top-k, --batch-size and --clips must be >= 1")
+    files = collect_videos(parser, args.videos)
+    if not files:
+        print("error: no video files found in " + ", ".join(args.videos), file=sys.stderr)
+        return 1
+    from v3d_flax.convert import CheckpointError
+    from v3d_flax.extras import MissingExtraError
+    from v3d_flax.port import PortError
+
     try:
         recipe = recipe_from_args(args)
-        predictor, model = load_predictor(args, recipe)
-        names = load_class_names(args.classes, head_size(model, recipe))
-    except (CheckpointError, PortError, ValueError, OSError) as e:
+        predictor = load_predictor(args.model, args.weights, source=args.source, num_classes=args.num_classes,
+                                   recipe=recipe, batch_size=args.batch_size)
+        model = predictor.model
+        num_classes = head_size(model, recipe)
+        recorded = recorded_class_names(args.weights) if args.classes is None else None
+        names = recorded if recorded and len(recorded) == num_classes else load_class_names(args.classes, num_classes)
+    except (CheckpointError, PortError, ValueError, OSError, MissingExtraError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     results, errors = [], []
-    for path in args.videos:
-        try:
-            probs = predict_video(predictor, path, args.model, recipe, clips=args.clips, crops=args.crops)
-        except Exception as e:  # one bad file must not stop the others
-            message = file_error(path, e)
-            errors.append({"file": path, "error": message})
-            print(f"error: {message}", file=sys.stderr)
-            continue
-        results.append({"file": path, "top_k": top_k(probs, names, min(args.top_k, len(names)))})
-        if not args.json:
-            print(path)
-            for rank, entry in enumerate(results[-1]["top_k"], 1):
-                print(f"  {rank}. {entry['probability']:.4f}  {entry['label']}")
+    with Progress(len(files), "predict", enabled=not args.no_progress) as progress:
+        for path in files:
+            try:
+                probs = predict_video(predictor, path, args.model, recipe, clips=args.clips, crops=args.crops)
+            except Exception as e:  # one bad file must not stop the others
+                message = file_error(path, e)
+                errors.append({"file": path, "error": message})
+                progress.write(f"error: {message}")
+                progress.update(failed=True)
+                continue
+            results.append({"file": path, "top_k": top_k(probs, names, min(args.top_k, len(names)))})
+            if not args.json:
+                progress.write("\n".join([path] + [f"  {rank}. {entry['probability']:.4f}  {entry['label']}"
+                                                   for rank, entry in enumerate(results[-1]["top_k"], 1)]),
+                               file=sys.stdout)
+            progress.update()
     if args.json:
         views = (args.clips or recipe.clips) * (args.crops or recipe.crops)
         json.dump({"model": args.model, "weights": os.fspath(args.weights), "views": views,

@@ -1,9 +1,25 @@
-"""Weight porting between PyTorch checkpoints and v3d Flax models."""
+"""Weight porting between PyTorch checkpoints and v3d Flax models.
 
-from v3d_flax.port.checkpoint import load_torch_checkpoint, unwrap_state_dict
-from v3d_flax.port.core import PortError, PortReport, from_torch, rename_keys, to_torch, torch_shapes
-from v3d_flax.port.inflate import inflate_2d
-from v3d_flax.port.tf_checkpoint import from_tf_checkpoint
+The names below are imported on first use, so that `v3d_flax.port.keymaps` (plain data, read by
+the command lines' parsers) does not import JAX.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_LAZY = {
+    "load_torch_checkpoint": "checkpoint", "unwrap_state_dict": "checkpoint",
+    "PortError": "core", "PortReport": "core", "from_torch": "core", "rename_keys": "core", "to_torch": "core",
+    "torch_shapes": "core", "inflate_2d": "inflate", "from_tf_checkpoint": "tf_checkpoint",
+    "identify_checkpoint": "identify",
+}
 
 __all__ = ["from_torch", "to_torch", "load_torch_checkpoint", "unwrap_state_dict", "rename_keys",
-           "torch_shapes", "PortError", "PortReport", "from_tf_checkpoint", "inflate_2d"]
+           "torch_shapes", "PortError", "PortReport", "from_tf_checkpoint", "inflate_2d", "identify_checkpoint"]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"v3d_flax.port.{_LAZY[name]}"), name)
+    raise AttributeError(f"module 'v3d_flax.port' has no attribute {name!r}")

@@ -37,8 +37,9 @@ def load_torch_checkpoint(path: str | os.PathLike) -> dict[str, np.ndarray]:
 
         state = load_file(path)
     else:
-        import torch
+        from v3d_flax.extras import require
 
+        torch = require("torch", f"reading the PyTorch checkpoint {path!r}")
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # UnpicklingError for unsafe pickles, RuntimeError for non-torch files

@@ -34,7 +34,54 @@ _OPTIONAL_KEYS = ("num_batches_tracked",)  # absent from older checkpoints; harm
 
 
 class PortError(ValueError):
-    """A state_dict does not fit a model: names every missing, unexpected and mis-shaped key."""
+    """A state_dict does not fit a model. Its message summarises long key lists (counts per module and
+    the first names); `.missing`, `.unexpected` and `.mismatched` (or `.report`) hold every key."""
+
+    def __init__(self, message: str, report: "PortReport | None" = None):
+        super().__init__(message)
+        self.report = report if report is not None else PortReport()
+
+    @property
+    def missing(self) -> list[str]:
+        """Every key the model needs that the state_dict lacks."""
+        return self.report.missing
+
+    @property
+    def unexpected(self) -> list[str]:
+        """Every state_dict key the model has no place for."""
+        return self.report.unexpected
+
+    @property
+    def mismatched(self) -> list[str]:
+        """Every key present on both sides with different shapes, as "key (checkpoint S, model S)"."""
+        return self.report.mismatched
+
+
+SHOWN_KEYS = 8  # key lists up to this long are printed whole; longer ones are summarised
+
+
+def _module_of(key: str) -> str:
+    """The top module of a key ("layer1.0.conv1.0.weight" -> "layer1", "blocks.3.res_blocks..." -> "blocks.3")."""
+    parts = re.split(r"[./]", key.split(" ", 1)[0])
+    if len(parts) > 2 and parts[1].isdigit() and not re.search(r"\d", parts[0]):
+        return f"{parts[0]}.{parts[1]}"
+    return parts[0]
+
+
+def summarize_keys(keys: list[str], limit: int | None = SHOWN_KEYS) -> str:
+    """`keys` joined with ", " when there are at most `limit` of them (or limit is None); otherwise the
+    count per top module and the first few names, so that a message stays a line long."""
+    if limit is None or len(keys) <= limit:
+        return ", ".join(keys)
+    counts: dict[str, int] = {}
+    for key in keys:
+        module = _module_of(key)
+        counts[module] = counts.get(module, 0) + 1
+    modules = [f"{m} {n}" for m, n in list(counts.items())[:limit]]
+    if len(counts) > limit:
+        modules.append(f"{len(counts) - limit} more modules")
+    first = min(limit, 4)
+    return f"by module: {', '.join(modules)}; first: {', '.join(keys[:first])}, ... ({len(keys) - first} more)"
 
 
 @dataclass
@@ -48,14 +95,15 @@ class PortReport:
     def __bool__(self) -> bool:
         return bool(self.missing or self.unexpected or self.mismatched)
 
-    def describe(self) -> str:
+    def describe(self, limit: int | None = SHOWN_KEYS) -> str:
+        """One line: each non-empty list with its count, summarised beyond `limit` keys (None: every key)."""
         parts = []
         if self.missing:
-            parts.append(f"missing keys ({len(self.missing)}): {', '.join(self.missing)}")
+            parts.append(f"missing keys ({len(self.missing)}): {summarize_keys(self.missing, limit)}")
         if self.unexpected:
-            parts.append(f"unexpected keys ({len(self.unexpected)}): {', '.join(self.unexpected)}")
+            parts.append(f"unexpected keys ({len(self.unexpected)}): {summarize_keys(self.unexpected, limit)}")
         if self.mismatched:
-            parts.append(f"mis-shaped keys ({len(self.mismatched)}): {', '.join(self.mismatched)}")
+            parts.append(f"mis-shaped keys ({len(self.mismatched)}): {summarize_keys(self.mismatched, limit)}")
         return "; ".join(parts)
 
 
@@ -214,7 +262,7 @@ def from_torch(model: nnx.Module, state_dict: Mapping[str, Any], *, source: str 
     report.unexpected = sorted(k for k in tensors if k not in known)
     if strict and report:
         raise PortError(f"state_dict does not match {arch or type(model).__name__} (source={source!r}): "
-                        + report.describe())
+                        + report.describe(), report)
     for target, value in updates:
         target[...] = jnp.asarray(value, dtype=target[...].dtype)
     return report
@@ -222,7 +270,9 @@ def from_torch(model: nnx.Module, state_dict: Mapping[str, Any], *, source: str 
 
 def to_torch(model: nnx.Module) -> dict[str, "Any"]:
     """The Flax model's weights as a PyTorch state_dict in v3d_torch_ref's (torchvision's) naming."""
-    import torch
+    from v3d_flax.extras import require
+
+    torch = require("torch", "port.to_torch (PyTorch tensors)")
 
     state = {}
     for key, module, attr, kind in _param_slots(model):

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from flax import nnx
 
-from v3d_flax.port.core import PortError, PortReport, from_torch, torch_shapes
+from v3d_flax.port.core import PortError, PortReport, from_torch, summarize_keys, torch_shapes
 from v3d_flax.port.keymaps import KeyRule
 
 _BN = r"(weight|bias|running_mean|running_var|num_batches_tracked)"
@@ -139,9 +139,14 @@ def inflate_state_dict(state_dict_2d: Mapping[str, Any], targets: Mapping[str, t
     for what, keys in (("2D keys no rule maps", unmapped), ("keys the model lacks", unexpected),
                        ("mis-shaped keys", mismatched), ("model keys the 2D state_dict does not give", missing)):
         if keys:
-            problems.append(f"{what} ({len(keys)}): {', '.join(keys)}")
+            problems.append(f"{what} ({len(keys)}): {summarize_keys(keys)}")
     if problems:
-        raise PortError("cannot inflate the 2D state_dict: " + "; ".join(problems))
+        if head and head_re is not None and any(head_re.fullmatch(m.split(" -> ")[1].split(" ")[0])
+                                                for m in mismatched):
+            problems.append("the classifier has another number of classes: pass head=False to keep the "
+                            "model's own classifier")
+        raise PortError("cannot inflate the 2D state_dict: " + "; ".join(problems),
+                        PortReport(missing=missing, unexpected=unmapped + unexpected, mismatched=mismatched))
     return out
 
 

@@ -45,10 +45,9 @@ _VARIABLE = re.compile(rf"(?P<scope>[^/]+)/{_ROOT}/(?P<unit>.+)/(?P<leaf>conv_3d
 
 def read_tf_checkpoint(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """Every variable of a TensorFlow checkpoint (its prefix, e.g. ".../model.ckpt"), as numpy arrays."""
-    try:
-        import tensorflow as tf
-    except ImportError as e:  # pragma: no cover - tensorflow is an optional dependency
-        raise ImportError("reading TensorFlow checkpoints needs tensorflow (pip install tensorflow-cpu)") from e
+    from v3d_flax.extras import require
+
+    tf = require("tensorflow", "reading TensorFlow checkpoints")
     path = os.fspath(path)
     try:
         reader = tf.train.load_checkpoint(path)

@@ -217,12 +217,13 @@ def _finished_run(config: TrainConfig, saved_step: int) -> dict | None:
 def _init_from_torch(model, config: TrainConfig) -> None:
     """Load a PyTorch checkpoint through v3d_flax.port; a classifier of another size stays fresh."""
     from v3d_flax.port import PortError, from_torch, load_torch_checkpoint
+    from v3d_flax.port.core import summarize_keys
 
     report = from_torch(model, load_torch_checkpoint(config.init_from), source=config.init_source, strict=False)
     if report.missing or report.unexpected:
-        raise PortError(f"--init-from {config.init_from} does not fit {config.model}: {report.describe()}")
+        raise PortError(f"--init-from {config.init_from} does not fit {config.model}: {report.describe()}", report)
     if report.mismatched and jax.process_index() == 0:
-        print(f"--init-from: kept fresh weights for differently shaped tensors: {', '.join(report.mismatched)}")
+        print(f"--init-from: kept fresh weights for differently shaped tensors: {summarize_keys(report.mismatched)}")
 
 
 def _train(config, defs, tx, schedule, state, start_step, window, mesh, info, ckpt, logger, evaluator, *,
