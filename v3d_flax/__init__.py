@@ -2,4 +2,7 @@
 
 from v3d_flax.registry import create_model, list_models
 
-__all__ = ["create_model", "list_models"]
+# Kept equal to pyproject.toml's version (tests/test_install.py checks both and the installed metadata).
+__version__ = "0.1.0"
+
+__all__ = ["__version__", "create_model", "list_models"]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib
 
+from v3d_flax import extras
 from v3d_flax.data.metrics import VideoMetrics, topk_correct, video_metrics
 from v3d_flax.data.normalization import NORMALIZATION, family_for, normalization_for
 
@@ -30,5 +31,8 @@ __all__ = ["DEFAULT_DATASET", "NORMALIZATION", "VideoMetrics", "family_for", "no
 
 def __getattr__(name: str):
     if name in _LAZY:
+        missing = extras.missing("train", f"v3d_flax.data.{name} (the tfds input pipeline)")
+        if missing:
+            raise extras.MissingExtraError(missing)
         return getattr(importlib.import_module(f"v3d_flax.data.{_LAZY[name]}"), name)
     raise AttributeError(f"module 'v3d_flax.data' has no attribute {name!r}")

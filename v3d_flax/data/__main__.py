@@ -16,6 +16,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", default=None, help="tfds data directory (default: $TFDS_DATA_DIR or "
                                                          "~/tensorflow_datasets); train.py's --data-dir")
     args = parser.parse_args(argv)
+    from v3d_flax.extras import missing
+
+    needs = missing("train", "python -m v3d_flax.data")  # TensorFlow and tfds: one line, not a traceback
+    if needs:
+        print(f"error: {needs}", file=sys.stderr)
+        return 1
     from v3d_flax.data import sources
 
     try:
