@@ -59,11 +59,14 @@ def test_help_explains_every_flag(capsys):
     flags = ["--model", "--accelerator", "--dataset", "--data-dir", "--workdir", "--steps", "--batch-size",
              "--num-frames", "--crop-size", "--lr", "--optimizer", "--weight-decay", "--label-smoothing",
              "--warmup-steps", "--seed", "--precision", "--remat", "--grad-accum", "--log-every", "--eval-every",
-             "--checkpoint-every", "--init-from", "--eval-only", "--eval-views", "--parallel",
+             "--checkpoint-every", "--checkpoint-minutes", "--init-from", "--eval-only", "--eval-views", "--parallel",
              "--coordinator-address", "--num-processes", "--process-id"]
     for flag in flags:
         assert flag in out
     assert out.count("  --") >= len(flags)
+    # The models whose CPU defaults differ say so, and Ctrl-C's behaviour is documented.
+    assert "c3d: --steps 500, --optimizer adamw, --lr 0.0001" in " ".join(out.split())
+    assert "Ctrl-C" in out and "runs/<model>-<dataset>" in " ".join(out.split())
 
 
 def test_missing_accelerator_is_one_line_naming_the_devices(tmp_path):
