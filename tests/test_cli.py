@@ -9,7 +9,6 @@ import shutil
 import subprocess
 import sys
 
-import av
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -22,6 +21,7 @@ from v3d_flax import predict as predict_cli
 from v3d_flax.video import (RECIPES, Recipe, VideoError, clip_indices, crop_offsets, decode_frames, find_videos,
                             load_views, preprocess, probe, recipe_for, resized_size)
 from v3d_torch_ref.registry import create_model as create_torch_model
+from videos import encode
 
 H, W = 48, 64
 # Small clips keep the CPU forward passes cheap; r3d_18 pools globally, so any clip size works.
@@ -39,26 +39,6 @@ def synthetic_frames(n: int, h: int = H, w: int = W) -> np.ndarray:
         x = (i * 3) % (w - 8)
         frames[i, :, x:x + 8, :] = 255
     return frames
-
-
-def encode(path, codec: str, frames: np.ndarray, fps: int = 30) -> str:
-    """Write `frames` with PyAV; skips the test when the codec is missing from the av wheel."""
-    try:
-        av.codec.Codec(codec, "w")
-    except Exception:
-        pytest.skip(f"the installed PyAV has no {codec} encoder")
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream(codec, rate=fps)
-        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
-        stream.bit_rate = 4_000_000  # near-lossless, so decoded frames can be matched to the source
-        if codec == "libx264":
-            stream.options = {"crf": "10"}
-        for frame in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return str(path)
 
 
 @pytest.fixture(scope="module")

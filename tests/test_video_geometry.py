@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import math
 
-import av
 import numpy as np
 import pytest
 import torch
+from videos import encode
 
 from v3d_flax.data.normalization import normalization_for
 from v3d_flax.video import (RECIPES, clip_indices, crop_offsets, decode_frames, load_views, preprocess, probe,
@@ -126,22 +126,6 @@ def test_preprocess_resizes_by_the_recipe_rule():
 # --------------------------------------------------------------------------------------- through load_views
 
 
-def _encode(path, frames: np.ndarray, fps: int = 30) -> str:
-    try:
-        av.codec.Codec("libx264", "w")
-    except Exception:
-        pytest.skip("the installed PyAV has no libx264 encoder")
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=fps)
-        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
-        for frame in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return str(path)
-
-
 @pytest.fixture(scope="module")
 def gradient_video(tmp_path_factory):
     """8 frames of 240x320 whose red channel ramps with the column index and green with the row index."""
@@ -149,7 +133,7 @@ def gradient_video(tmp_path_factory):
     frames[..., 0] = (np.arange(320) * 255 // 319)[None, None, :]
     frames[..., 1] = (np.arange(240) * 255 // 239)[None, :, None]
     frames[..., 2] = 128
-    return _encode(tmp_path_factory.mktemp("geometry") / "gradient.mp4", frames)
+    return encode(tmp_path_factory.mktemp("geometry") / "gradient.mp4", "libx264", frames)
 
 
 def _publisher_crops(path, name, recipe, crops):
