@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -160,14 +159,10 @@ def describe_machine() -> str:
     """CPU, core count, load and library versions of this run."""
     import jax
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    from harness import cpu_name
+
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    return f"{cpu}, {os.cpu_count()} cores (load average at the start {load}); jax {jax.__version__} (cpu)"
+    return f"{cpu_name()}, {os.cpu_count()} cores (load average at the start {load}); jax {jax.__version__} (cpu)"
 
 
 def write_markdown(results: dict, path: str) -> None:

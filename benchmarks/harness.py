@@ -11,17 +11,20 @@ import time
 import numpy as np
 
 
+def cpu_name() -> str:
+    """The CPU's model name from /proc/cpuinfo, else what `platform` knows."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
 def describe_machine(args) -> str:
     """One line naming the machine, libraries and settings the figures were taken with."""
     import jax
     import torch
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    dev = jax.devices()[0].device_kind if args.device == "gpu" else f"{cpu}, {os.cpu_count()} cores"
+    dev = jax.devices()[0].device_kind if args.device == "gpu" else f"{cpu_name()}, {os.cpu_count()} cores"
     return (f"{dev}; jax {jax.__version__} ({jax.default_backend()}), torch {torch.__version__} "
             f"({args.threads} threads); {args.dtype}; batch {args.batch}; {args.rounds} alternating rounds x "
             f"{args.steps} step(s), medians; conv impl {os.environ.get('V3D_CONV_IMPL', 'auto')}")
