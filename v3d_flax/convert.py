@@ -210,25 +210,31 @@ def assign_flax_state(model: nnx.Module, flat: dict[str, np.ndarray]) -> None:
         var[...] = jax.numpy.asarray(value, dtype=var[...].dtype)
 
 
-def _recorded_arch(path: str, meta: dict) -> str | None:
-    """The model a Flax checkpoint says it holds: its metadata, else the run.json of the training workdir
-    that `path` is (or whose checkpoints/<step> or best/<step> directory it is)."""
-    if meta.get("arch"):
-        return meta["arch"]
-    if not os.path.isdir(path):
-        return None
+def training_run_record(path: str | os.PathLike) -> dict:
+    """The run.json of the train.py workdir that `path` is (or whose checkpoints/, best/ or step directory
+    it is): model, dataset, classes and config; {} when there is none or it cannot be read."""
     import json
 
     here = os.path.abspath(path)
+    if not os.path.isdir(here):
+        return {}
     for d in (here, os.path.dirname(here), os.path.dirname(os.path.dirname(here))):
         if os.path.isfile(os.path.join(d, "run.json")):
             try:
-                with open(os.path.join(d, "run.json")) as f:
-                    model = json.load(f).get("model")
-            except (OSError, ValueError, AttributeError):
-                return None
-            return model if isinstance(model, str) else None
-    return None
+                with open(os.path.join(d, "run.json"), encoding="utf-8") as f:
+                    record = json.load(f)
+            except (OSError, ValueError):
+                return {}
+            return record if isinstance(record, dict) else {}
+    return {}
+
+
+def _recorded_arch(path: str, meta: dict) -> str | None:
+    """The model a Flax checkpoint says it holds: its metadata, else its training workdir's run.json."""
+    if meta.get("arch"):
+        return meta["arch"]
+    model = training_run_record(path).get("model")
+    return model if isinstance(model, str) else None
 
 
 def _wrong_model(name: str, path: str, shapes: dict, kind: str, source: str | None) -> CheckpointError | None:

@@ -56,19 +56,10 @@ def load_class_names(spec: str | None, num_classes: int) -> list[str]:
 def recorded_class_names(weights: str | os.PathLike) -> list[str] | None:
     """The class names a train.py run recorded in its run.json, when `weights` is that run's workdir
     (or its checkpoints/, best/ or one step directory); None otherwise."""
-    here = os.path.abspath(weights)
-    if not os.path.isdir(here):
-        return None
-    for d in (here, os.path.dirname(here), os.path.dirname(os.path.dirname(here))):
-        path = os.path.join(d, "run.json")
-        if os.path.isfile(path):
-            try:
-                with open(path, encoding="utf-8") as f:
-                    names = json.load(f).get("class_names")
-            except (OSError, ValueError, AttributeError):
-                return None
-            return [str(n) for n in names] if isinstance(names, list) else None
-    return None
+    from v3d_flax.convert import training_run_record
+
+    names = training_run_record(weights).get("class_names")
+    return [str(n) for n in names] if isinstance(names, list) else None
 
 
 class Predictor:
