@@ -27,7 +27,8 @@ class WorkdirError(RuntimeError):
     """The workdir belongs to another run (another model) and must not be touched."""
 
 
-def _read_run_info(workdir: str) -> dict | None:
+def read_run_info(workdir: str) -> dict | None:
+    """run.json of the run that owns `workdir` (model, dataset, classes, config), or None."""
     path = os.path.join(workdir, "run.json")
     if not os.path.isfile(path):
         return None
@@ -37,7 +38,7 @@ def _read_run_info(workdir: str) -> dict | None:
 
 def check_workdir(workdir: str, model: str) -> None:
     """WorkdirError if `workdir` holds another model's run; reads only, writes nothing."""
-    info = _read_run_info(workdir)
+    info = read_run_info(workdir)
     if info is None:
         ckpt = os.path.join(workdir, "checkpoints")
         steps = sorted((int(d) for d in os.listdir(ckpt) if d.isdigit()), reverse=True) if os.path.isdir(ckpt) else []
@@ -50,11 +51,6 @@ def check_workdir(workdir: str, model: str) -> None:
     if info is not None and info.get("model") != model:
         raise WorkdirError(f"workdir {workdir!r} holds checkpoints of model {info.get('model')!r}, not {model!r}; "
                            f"choose another --workdir (nothing was changed)")
-
-
-def read_run_info(workdir: str) -> dict | None:
-    """run.json of the run that owns `workdir` (model, dataset, classes, config), or None."""
-    return _read_run_info(workdir)
 
 
 def latest_saved_step(workdir: str) -> int | None:
