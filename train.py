@@ -61,10 +61,10 @@ def _views(text):
 
 def _model_cpu_defaults_text() -> str:
     """The per-model CPU defaults that differ from the common ones, for --help's epilog."""
-    from v3d_flax.train.config import CPU_MODEL_DEFAULTS
+    from v3d_flax.registry import list_models, model_spec
 
-    parts = [f"{model}: " + ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in values.items())
-             for model, values in sorted(CPU_MODEL_DEFAULTS.items())]
+    parts = [f"{model}: " + ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in model_spec(model).cpu_defaults.items())
+             for model in list_models() if model_spec(model).cpu_defaults]
     return f"On cpu these models have their own defaults: {'; '.join(parts)}." if parts else ""
 
 

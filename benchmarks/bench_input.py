@@ -30,8 +30,10 @@ def main() -> None:
     args = p.parse_args()
 
     from v3d_flax import data
+    from v3d_flax.registry import model_spec
 
-    clip = dict(num_frames=args.num_frames, crop_size=args.crop_size, model_name=args.model)
+    clip = dict(num_frames=args.num_frames, crop_size=args.crop_size,
+                normalization=model_spec(args.model).normalization)
     t0 = time.perf_counter()
     info = data.dataset_info(args.dataset, data_dir=args.data_dir)
     print(f"dataset {args.dataset}: {info.num_train} train / {info.num_eval} eval videos, {info.num_classes} classes "

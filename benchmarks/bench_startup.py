@@ -222,9 +222,9 @@ def main() -> None:
     if not args.no_predict:
         video, results["video"] = sample_video(workdir)
         weights = make_checkpoint(workdir, trees[list(trees)[-1]])
-        from v3d_flax.video import RECIPES
+        from v3d_flax.registry import model_spec
 
-        results["views"] = RECIPES["r3d_18"].clips * RECIPES["r3d_18"].crops
+        results["views"] = model_spec("r3d_18").recipe.clips * model_spec("r3d_18").recipe.crops
     print(results["machine"], flush=True)
     for rnd in range(args.rounds):
         for lab, tree in trees.items():

@@ -156,25 +156,23 @@ def flax_steps(name, clip, batch, args, *, remat=False, abstract=False, sharding
 
 def torch_steps(name, clip, batch, args, *, compile_model=False):
     """PyTorch reference train and inference callables (channels_last_3d; optionally torch.compile)."""
-    import inspect
 
     import torch
     import torch.nn.functional as F
 
-    from v3d_torch_ref.registry import _MODELS, create_model
+    from v3d_flax.registry import model_spec
+    from v3d_torch_ref.registry import create_model
 
     t, h, w = clip
     dev = "cuda" if args.device == "gpu" else "cpu"
-    module, attr = _MODELS[name].split(":")
-    params = inspect.signature(getattr(__import__(module, fromlist=[attr]), attr)).parameters
-    kw = {k: v for k, v in (("num_frames", t), ("crop_size", h)) if k in params}
+    kw = model_spec(name).size_kwargs(t, h)
     torch.manual_seed(0)
     model = create_model(name, num_classes=args.num_classes, **kw).to(dev, memory_format=torch.channels_last_3d)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     x = torch.randn(batch, 3, t, h, w, device=dev).contiguous(memory_format=torch.channels_last_3d)
     y = torch.randint(0, args.num_classes, (batch,), device=dev)
     fwd = torch.compile(model) if compile_model else model
-    if name.startswith("slowfast"):  # the reference takes [slow, fast]; packing is part of its step here
+    if model_spec(name).pathways == 2:  # the reference takes [slow, fast]; packing is part of its step here
         from v3d_torch_ref.models.slowfast import pack_pathways
         net = fwd
         fwd = lambda clip: net([p.contiguous(memory_format=torch.channels_last_3d) for p in pack_pathways(clip)])

@@ -18,8 +18,9 @@ from flax import nnx
 
 from v3d_flax import features as features_cli
 from v3d_flax import predict as predict_cli
-from v3d_flax.video import (RECIPES, Recipe, VideoError, clip_indices, crop_offsets, decode_frames, find_videos,
-                            load_views, preprocess, probe, recipe_for, resized_size)
+from v3d_flax.video import (Recipe, VideoError, clip_indices, crop_offsets, decode_frames, find_videos,
+                            load_views, preprocess, probe, resized_size)
+from v3d_flax.registry import model_spec
 from v3d_torch_ref.registry import create_model as create_torch_model
 from videos import encode
 
@@ -115,7 +116,7 @@ def test_clip_indices_spread_and_resample():
     assert clip_indices(31, 30.0, r, 1).tolist() == [list(range(0, 31, 2))]
     with pytest.raises(ValueError, match="has 30 frames.*needs 31"):
         clip_indices(30, 30.0, r, 1)
-    x3d = RECIPES["x3d_xs"]
+    x3d = model_spec("x3d_xs").recipe
     assert clip_indices(100, 30.0, x3d, 1).tolist() == [[31, 43, 55, 67]]  # span 37, slack 63, centred
 
 
@@ -142,22 +143,14 @@ def test_preprocess_matches_torch_bilinear_and_normalisation():
 
 
 def test_load_views_shapes_and_pathways(videos):
-    views = load_views(videos["mp4"], "r3d_18", recipe_for("r3d_18", frames=8, resize=40, crop=32), clips=2, crops=3)
+    r3d, slowfast = model_spec("r3d_18"), model_spec("slowfast_r50")
+    views = load_views(videos["mp4"], r3d.recipe.with_overrides(frames=8, resize=40, crop=32), r3d.normalization,
+                       clips=2, crops=3)
     assert views.shape == (6, 8, 32, 32, 3) and views.dtype == np.float32
-    slow, fast = load_views(videos["avi"], "slowfast_r50", recipe_for("slowfast_r50", frames=16, rate=2, resize=32,
-                                                                        crop=32), clips=1, crops=1)
+    slow, fast = load_views(videos["avi"], slowfast.recipe.with_overrides(frames=16, rate=2, resize=32, crop=32),
+                            slowfast.normalization, clips=1, crops=1)
     assert fast.shape == (1, 16, 32, 32, 3) and slow.shape == (1, 4, 32, 32, 3)
     np.testing.assert_array_equal(slow, fast[:, [0, 5, 10, 15]])  # linspace(0, 15, 4) truncated
-
-
-def test_every_registered_model_has_a_recipe_and_normalisation():
-    from v3d_flax.data.normalization import normalization_for
-    from v3d_flax.registry import list_models
-
-    for name in list_models():
-        recipe_for(name)
-        normalization_for(name)
-    assert recipe_for("slowfast_r50").pathways == 2
 
 
 @pytest.mark.parametrize("kind, message", [("short", "too short: the video has 6 frames"),
@@ -165,7 +158,8 @@ def test_every_registered_model_has_a_recipe_and_normalisation():
                                            ("garbled", "corrupt video, decoding failed")])
 def test_bad_files_raise_video_error_naming_the_file(videos, kind, message):
     with pytest.raises(VideoError, match=message) as e:
-        load_views(videos[kind], "r3d_18", recipe_for("r3d_18", frames=8, resize=32, crop=32), clips=1)
+        spec = model_spec("r3d_18")
+        load_views(videos[kind], spec.recipe.with_overrides(frames=8, resize=32, crop=32), spec.normalization, clips=1)
     assert str(e.value).startswith(videos[kind])
     with pytest.raises(VideoError, match="no such file"):
         probe(videos[kind] + ".missing")
@@ -203,10 +197,10 @@ def test_predict_cli_equals_api_and_reports_bad_files(videos, r3d_weights, capsy
         for name in ("corrupt.mp4", "notes.avi", "short.mp4"):
             assert name in err
         ucf = predict_cli.load_class_names("ucf101", 101)
-        recipe = recipe_for("r3d_18", frames=4, rate=2, resize=32, crop=32)
+        recipe = model_spec("r3d_18").recipe.with_overrides(frames=4, rate=2, resize=32, crop=32)
         model = api_model(path, "r3d_18", recipe)
         for result in report["results"]:
-            views = load_views(result["file"], "r3d_18", recipe, clips=2, crops=1)
+            views = load_views(result["file"], recipe, model_spec("r3d_18").normalization, clips=2, crops=1)
             probs = np.asarray(api_probs(model, jnp.asarray(views))).mean(axis=0)
             expected = np.argsort(-probs, kind="stable")[:3]
             assert [e["index"] for e in result["top_k"]] == expected.tolist()
@@ -327,10 +321,11 @@ def test_features_cli_writes_index_and_equals_api(videos, r3d_weights, tmp_path,
         assert sorted(data["failed"].tolist()) == sorted([videos["corrupt"], videos["garbled"], videos["text"],
                                                           videos["short"]])
         assert data["features"].shape == (3, 512) and str(data["model"]) == "r3d_18"
-        recipe = recipe_for("r3d_18", frames=4, rate=2, resize=32, crop=32)
+        recipe = model_spec("r3d_18").recipe.with_overrides(frames=4, rate=2, resize=32, crop=32)
         model = api_model(r3d_weights[0], "r3d_18", recipe)
         for row, f in zip(data["features"], data["files"]):
-            expected = np.asarray(api_features(model, jnp.asarray(load_views(str(f), "r3d_18", recipe, clips=2))))
+            views = load_views(str(f), recipe, model_spec("r3d_18").normalization, clips=2)
+            expected = np.asarray(api_features(model, jnp.asarray(views)))
             np.testing.assert_allclose(row, expected.mean(axis=0), rtol=1e-5, atol=1e-6)
     assert "corrupt.mp4" in capsys.readouterr().err
     before = out.read_bytes()
@@ -350,9 +345,9 @@ def test_features_cli_c3d_fc6(videos, tmp_path):
         assert features_cli.main([*args, "--layer", "fc6"]) == 0
         data = np.load(out)
         assert data["features"].shape == (1, 4096) and str(data["layer"]) == "fc6"
-        recipe = recipe_for("c3d", resize=40, crop=32)
+        recipe = model_spec("c3d").recipe.with_overrides(resize=40, crop=32)
         model = api_model(str(weights), "c3d", recipe)
-        views = load_views(videos["mp4"], "c3d", recipe, clips=1)
+        views = load_views(videos["mp4"], recipe, model_spec("c3d").normalization, clips=1)
         np.testing.assert_allclose(data["features"][0], np.asarray(api_features(model, jnp.asarray(views), "fc6"))[0],
                                    rtol=1e-5, atol=1e-5)
     with pytest.raises(SystemExit) as e:

@@ -12,9 +12,10 @@ from etils import epath
 
 from v3d_flax import data
 from v3d_flax.data import synthetic
+from v3d_flax.registry import model_spec
 
 TINY = "v3d_synthetic_motion/tiny"  # 12 frames of 24x24, 64 train / 16 test videos
-CLIP = dict(num_frames=6, crop_size=16, model_name="r3d_18")
+CLIP = dict(num_frames=6, crop_size=16, normalization=model_spec("r3d_18").normalization)
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +102,7 @@ def test_train_batches_shapes_normalisation_and_seed(data_dir):
     for batch in a:
         assert batch["video"].shape == (8, 6, 16, 16, 3) and batch["video"].dtype == np.float32
         assert batch["label"].shape == (8,) and batch["label"].dtype == np.int32
-        mean, std = data.normalization_for("r3d_18")
+        mean, std = CLIP["normalization"].mean, CLIP["normalization"].std
         pixels = batch["video"] * np.asarray(std, np.float32) + np.asarray(mean, np.float32)
         assert pixels.min() >= -1e-5 and pixels.max() <= 1 + 1e-5
     for x, y in zip(a, b):
@@ -204,13 +205,16 @@ def test_centre_view_is_the_normalised_centre_of_the_stored_clip(data_dir):
 # --- normalisation and metrics ----------------------------------------------------------------------
 
 def test_normalization_per_family():
-    assert data.normalization_for("r2plus1d_18") == ((0.43216, 0.394666, 0.37645), (0.22803, 0.22145, 0.216989))
-    assert data.normalization_for("c3d") == data.NORMALIZATION["torchvision"]
+    def mean_std(name):
+        return model_spec(name).normalization.mean, model_spec(name).normalization.std
+
+    assert mean_std("r2plus1d_18") == ((0.43216, 0.394666, 0.37645), (0.22803, 0.22145, 0.216989))
+    assert model_spec("c3d").normalization == model_spec("r3d_18").normalization
     for name in ("slowfast_r50", "x3d_m", "i3d_r50", "slow_r50", "c2d_r50", "csn_r101", "r2plus1d_r50"):
-        assert data.normalization_for(name) == ((0.45,) * 3, (0.225,) * 3), name
-    assert data.normalization_for("i3d") == ((0.5,) * 3, (0.5,) * 3)
-    with pytest.raises(ValueError, match="no input normalisation is known for model 'resnet50'"):
-        data.normalization_for("resnet50")
+        assert mean_std(name) == ((0.45,) * 3, (0.225,) * 3), name
+    assert mean_std("i3d") == ((0.5,) * 3, (0.5,) * 3)
+    with pytest.raises(ValueError, match="unknown model 'resnet50'"):
+        model_spec("resnet50")
 
 
 def test_video_level_accuracy_averages_the_views_of_each_video():

@@ -65,10 +65,10 @@ def test_pytorchvideo_layout():
 def test_feature_map_at_canonical_clip_equals_hub_head_pool(name):
     """At the canonical clip the last map is exactly the hub model's fixed head-pool kernel, so the
     global pool (our default) and PyTorchVideo's AvgPool3d coincide there."""
-    t, h, w = v3d_flax.registry.CANONICAL_CLIPS[name]
+    t, h, w = v3d_flax.registry.model_spec(name).clip
     out = jax.eval_shape(lambda x: v3d_flax.create_model(name, num_classes=400, rngs=nnx.Rngs(0)).forward_map(x),
                          jax.ShapeDtypeStruct((1, t, h, w, 3), jnp.float32))
-    assert out.shape[1:4] == flax_r50.HEAD_POOL_KERNELS[name] and out.shape[4] == 2048
+    assert out.shape[1:4] == v3d_flax.registry.model_spec(name).head_pool_kernel and out.shape[4] == 2048
 
 
 def test_fixed_head_pool_kernel_matches_reference():

@@ -107,7 +107,7 @@ def test_slowfast_rejects_bad_input():
 
 def test_pytorchvideo_head_kernels_fit_224_and_slide_at_256():
     model = nnx.eval_shape(lambda: v3d_flax.create_model(
-        "slowfast_r50", num_classes=400, head_pool_kernels=flax_sf.PYTORCHVIDEO_HEAD_POOL_KERNELS, rngs=nnx.Rngs(0)))
+        "slowfast_r50", num_classes=400, head_pool_kernels=v3d_flax.registry.model_spec("slowfast_r50").head_pool_kernel, rngs=nnx.Rngs(0)))
     graphdef, state = nnx.split(model)
 
     def pooled_shape(size):

@@ -111,7 +111,7 @@ def test_x3d_rejects_bad_input():
 def test_pytorchvideo_head_kernel_is_the_final_map_of_its_build_clip(arch, frames, crop):
     """create_x3d's kernel (T, ceil(crop / 32), ceil(crop / 32)) covers the whole final map of the
     clip the hub model is built for, where global pooling is the same operation."""
-    kernel = flax_x3d.PYTORCHVIDEO_HEAD_POOL_KERNEL[arch]
+    kernel = v3d_flax.registry.model_spec(arch).head_pool_kernel
     assert kernel == (frames, -(-crop // 32), -(-crop // 32))
     model = nnx.eval_shape(lambda: v3d_flax.create_model(arch, num_classes=400, head_pool_kernel=kernel,
                                                          rngs=nnx.Rngs(0)))

@@ -13,6 +13,7 @@ from flax import nnx
 from v3d_flax import data
 from v3d_flax.blocks import Conv3DBlock
 from v3d_flax.layers import Linear
+from v3d_flax.registry import model_spec
 from v3d_flax.train import DEFAULT_DATASET, TrainConfig, resolve
 from v3d_flax.train.evaluation import summarise
 from v3d_flax.train.state import build_optimizer, init_state, split_model
@@ -51,13 +52,13 @@ def _fit_and_evaluate(temporal_kernel: int, info) -> float:
                                    precision="fp32"), donate_argnums=0)
     batches = data.train_batches(DEFAULT_DATASET,
                                  data_dir=None, global_batch_size=BATCH, num_frames=FRAMES, crop_size=CROP,
-                                 model_name="c3d", seed=0)
+                                 normalization=model_spec("c3d").normalization, seed=0)
     for _ in range(STEPS):
         state, _ = step(state, next(batches))
     evaluate = jax.jit(make_eval_step(defs, precision="fp32"))
     logits, labels, videos = [], [], []
     for batch in data.eval_batches(DEFAULT_DATASET, data_dir=None, batch_size=32, num_frames=FRAMES,
-                                   crop_size=CROP, model_name="c3d"):
+                                   crop_size=CROP, normalization=model_spec("c3d").normalization):
         keep = np.asarray(batch["mask"]).astype(bool)
         logits.append(np.asarray(evaluate(state, batch))[keep])
         labels.append(np.asarray(batch["label"])[keep])

@@ -13,9 +13,8 @@ import pytest
 import torch
 from videos import encode
 
-from v3d_flax.data.normalization import normalization_for
-from v3d_flax.video import (RECIPES, clip_indices, crop_offsets, decode_frames, load_views, preprocess, probe,
-                            recipe_for, resized_size)
+from v3d_flax.registry import list_models, model_spec
+from v3d_flax.video import clip_indices, crop_offsets, decode_frames, load_views, preprocess, probe, resized_size
 
 TORCHVISION = ["r3d_18", "r3d_34", "mc3_18", "r2plus1d_18", "r2plus1d_34"]
 PYTORCHVIDEO = ["i3d_r50", "slow_r50", "c2d_r50", "csn_r101", "r2plus1d_r50", "slowfast_r50", "slowfast_r101",
@@ -56,7 +55,7 @@ def ptv_uniform_crop(height: int, width: int, size: int, spatial_idx: int) -> tu
 
 def expected(name: str, height: int, width: int, crops: int) -> tuple[tuple[int, int], list[tuple[int, int]]]:
     """(resized size, crop corners) of recipe `name` on a height x width video, by the publisher's rules."""
-    r = RECIPES[name]
+    r = model_spec(name).recipe
     if name in TORCHVISION or name == "c3d":
         size = r.resize  # torchvision's VideoClassification preset and C3D's data layer: a fixed (128, 171)
     elif name in PYTORCHVIDEO:
@@ -80,12 +79,12 @@ def expected(name: str, height: int, width: int, crops: int) -> tuple[tuple[int,
 
 
 def ours(name: str, height: int, width: int, crops: int):
-    r = RECIPES[name]
+    r = model_spec(name).recipe
     size = resized_size(height, width, r.resize, r.resize_rounding)
     return size, crop_offsets(*size, r.crop, crops, r.crop_rounding(crops))
 
 
-@pytest.mark.parametrize("name", sorted(RECIPES))
+@pytest.mark.parametrize("name", list_models())
 @pytest.mark.parametrize("height, width", SIZES)
 def test_every_recipe_follows_its_publisher(name, height, width):
     for crops in (1, 3):
@@ -115,12 +114,12 @@ def test_bare_helpers_keep_their_defaults():
     with pytest.raises(ValueError, match="rounding"):
         crop_offsets(128, 171, 112, 1, "nearest")
     with pytest.raises(ValueError, match="rounding"):
-        recipe_for("x3d_m", resize_rounding="ceil")
+        model_spec("x3d_m").recipe.with_overrides(resize_rounding="ceil")
 
 
 def test_preprocess_resizes_by_the_recipe_rule():
     frames = np.zeros((1, 720, 1280, 3), np.uint8)
-    assert preprocess(frames, RECIPES["x3d_xs"], (0.45,) * 3, (0.225,) * 3).shape == (1, 182, 323, 3)
+    assert preprocess(frames, model_spec("x3d_xs").recipe, (0.45,) * 3, (0.225,) * 3).shape == (1, 182, 323, 3)
 
 
 # --------------------------------------------------------------------------------------- through load_views
@@ -144,15 +143,16 @@ def _publisher_crops(path, name, recipe, crops):
     size, corners = expected(name, *frames.shape[1:3], crops)
     x = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255.0
     x = torch.nn.functional.interpolate(x, size=size, mode="bilinear", align_corners=False)
-    mean, std = normalization_for(name)
+    normalization = model_spec(name).normalization
+    mean, std = normalization.mean, normalization.std
     x = (x - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
     return x.permute(0, 2, 3, 1)[0].numpy(), corners
 
 
 @pytest.mark.parametrize("name, crops", [("r3d_18", 1), ("c3d", 1), ("x3d_m", 1), ("x3d_m", 3), ("x3d_xs", 3)])
 def test_load_views_crops_at_the_publishers_offset(gradient_video, name, crops):
-    recipe = recipe_for(name, frames=2, rate=1)
-    views = load_views(gradient_video, name, recipe, clips=1, crops=crops)
+    recipe = model_spec(name).recipe.with_overrides(frames=2, rate=1)
+    views = load_views(gradient_video, recipe, model_spec(name).normalization, clips=1, crops=crops)
     frame, corners = _publisher_crops(gradient_video, name, recipe, crops)
     c = recipe.crop
     assert len(views) == len(corners) == crops

@@ -14,7 +14,6 @@ else -> an orbax directory. Writes are atomic and never overwrite without --forc
 from __future__ import annotations
 
 import argparse
-import inspect
 import os
 import shutil
 import sys
@@ -24,9 +23,9 @@ import jax
 import numpy as np
 from flax import nnx
 
-from v3d_flax.port import PortError, PortReport, from_torch, load_torch_checkpoint, to_torch, torch_shapes
+from v3d_flax.port import PortError, PortReport, from_torch, load_torch_checkpoint, to_torch
 from v3d_flax.port.keymaps import KEYMAPS
-from v3d_flax.registry import abstract_model, create_model, get_factory, list_models
+from v3d_flax.registry import abstract_model, create_model, list_models, model_spec
 
 FORMAT = "v3d-flax"
 TORCH_SUFFIXES = (".pth", ".pt", ".pkl", ".pickle")
@@ -38,11 +37,8 @@ class CheckpointError(RuntimeError):
 
 
 def _model_kwargs(name: str, recipe) -> dict:
-    """Clip-size arguments for factories that take them (C3D's fc6 depends on the clip)."""
-    if recipe is None:
-        return {}
-    params = inspect.signature(get_factory(name)).parameters
-    return {k: v for k, v in (("num_frames", recipe.frames), ("crop_size", recipe.crop)) if k in params}
+    """Clip-size arguments for the models whose record says they follow the clip (C3D's fc6)."""
+    return {} if recipe is None else model_spec(name).size_kwargs(recipe.frames, recipe.crop)
 
 
 def build_model(name: str, num_classes: int, recipe=None, *, seed: int = 0) -> nnx.Module:
@@ -77,26 +73,15 @@ def _abstract_model(name: str, num_classes: int, recipe=None) -> nnx.Module:
     return abstract_model(name, num_classes=num_classes, rngs=nnx.Rngs(0), **_model_kwargs(name, recipe))
 
 
-def _abstract_shapes(name: str, num_classes: int, recipe, kind: str) -> dict[str, tuple]:
-    model = _abstract_model(name, num_classes, recipe)
-    if kind == "torch":
-        return torch_shapes(model)
-    state = nnx.state(model, _WEIGHTS)
-    return {"/".join(map(str, p)): tuple(v.get_value().shape) for p, v in nnx.to_flat_state(state)}
-
-
-def infer_num_classes(name: str, shapes: dict[str, tuple], *, kind: str, recipe=None) -> int:
-    """The head size of a checkpoint: the entries whose shape follows num_classes (found by comparing
-    abstract 1- and 2-class models) give it. `kind` is "torch" (v3d key names) or "flax" (NNX paths)."""
-    one, two = _abstract_shapes(name, 1, recipe, kind), _abstract_shapes(name, 2, recipe, kind)
-    for key, s1 in one.items():
-        s2 = two[key]
-        if s1 != s2 and key in shapes:
-            axis = next(i for i, (a, b) in enumerate(zip(s1, s2)) if a != b)
-            if len(shapes[key]) == len(s1):
-                return int(shapes[key][axis])
-    raise CheckpointError(f"cannot tell the number of classes: the checkpoint has none of {name}'s classifier "
-                          f"entries ({', '.join(k for k in one if one[k] != two[k])}); pass --num-classes")
+def infer_num_classes(name: str, shapes: dict[str, tuple], *, kind: str) -> int:
+    """The head size of a checkpoint, read from the classifier its record names (its weight's output axis).
+    `kind` is "torch" (v3d key names) or "flax" (NNX paths)."""
+    classifier = model_spec(name).classifier
+    key, axis = ((classifier + ".weight", 0) if kind == "torch" else (classifier.replace(".", "/") + "/kernel", -1))
+    if key not in shapes or len(shapes[key]) < 2:
+        raise CheckpointError(f"cannot tell the number of classes: the checkpoint has no {name} classifier weight "
+                              f"{key!r}; pass --num-classes")
+    return int(shapes[key][axis])
 
 
 # ---------------------------------------------------------------------------------------------- reading
@@ -270,14 +255,13 @@ def load_model(name: str, path: str | os.PathLike, *, source: str = "v3d", num_c
             raise CheckpointError(f"{path} holds a {recorded} checkpoint (recorded in it), not {name}; "
                                   f"pass --model {recorded}")
         if recipe is None and meta.get("num_frames") and meta.get("crop_size"):
-            from v3d_flax.video import Recipe
+            from v3d_flax.preprocessing import Recipe
 
             size = int(meta["crop_size"])
             recipe = Recipe(frames=int(meta["num_frames"]), rate=1, resize=size, crop=size)
         shapes = {k: v.shape for k, v in flat.items()}
         try:
-            num_classes = num_classes or meta.get("num_classes") or infer_num_classes(name, shapes, kind="flax",
-                                                                                       recipe=recipe)
+            num_classes = num_classes or meta.get("num_classes") or infer_num_classes(name, shapes, kind="flax")
             model = blank_model(name, int(num_classes), recipe)
             assign_flax_state(model, flat)
         except (CheckpointError, PortError) as e:
@@ -295,8 +279,7 @@ def load_model(name: str, path: str | os.PathLike, *, source: str = "v3d", num_c
                 from v3d_flax.port import rename_keys
 
                 renamed = rename_keys(state, source, name)
-                num_classes = infer_num_classes(name, {k: v.shape for k, v in renamed.items()}, kind="torch",
-                                                recipe=recipe)
+                num_classes = infer_num_classes(name, {k: v.shape for k, v in renamed.items()}, kind="torch")
             model = blank_model(name, int(num_classes), recipe)
             from_torch(model, state, source=source, strict=True)
         except (CheckpointError, PortError) as e:  # another model's checkpoint: say so, before --num-classes
@@ -316,13 +299,13 @@ def load_model(name: str, path: str | os.PathLike, *, source: str = "v3d", num_c
 def _num_classes(model: nnx.Module) -> int | None:
     shapes = {k: v.shape for k, v in flax_state(model).items()}
     try:
-        return infer_num_classes(model.arch, shapes, kind="flax", recipe=_recipe_of(model))
+        return infer_num_classes(model.arch, shapes, kind="flax")
     except Exception:
         return None
 
 
 def _recipe_of(model):
-    from v3d_flax.video import Recipe
+    from v3d_flax.preprocessing import Recipe
 
     if hasattr(model, "num_frames") and hasattr(model, "crop_size"):
         return Recipe(frames=model.num_frames, rate=1, resize=model.crop_size, crop=model.crop_size)

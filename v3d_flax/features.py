@@ -21,15 +21,14 @@ import tempfile
 import numpy as np
 
 from v3d_flax.cli import Progress
-from v3d_flax.predict import add_model_arguments, collect_videos, file_error, load_predictor, recipe_from_args
-from v3d_flax.video import load_views
+from v3d_flax.predict import (add_model_arguments, collect_videos, file_error, load_predictor, predictor_views,
+                              recipe_from_args)
+from v3d_flax.registry import list_models, model_spec
 
-C3D_LAYERS = ("fc6", "fc7")
 
-
-def video_features(predictor, path: str, model_name: str, recipe, *, clips=None, crops=None) -> np.ndarray:
+def video_features(predictor, path: str, recipe=None, *, clips=None, crops=None) -> np.ndarray:
     """(F,) float32 features of one video: the mean over its views."""
-    return predictor.features(load_views(path, model_name, recipe, clips=clips, crops=crops)).mean(axis=0)
+    return predictor.features(predictor_views(predictor, path, recipe, clips=clips, crops=crops)).mean(axis=0)
 
 
 def save_npz(path: str, arrays: dict, *, force: bool) -> None:
@@ -57,7 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_arguments(p)
     p.add_argument("--out", required=True, metavar="FILE.npz", help="output file")
-    p.add_argument("--layer", choices=C3D_LAYERS, default=None, help="C3D only: fc6 or fc7 (default fc7)")
+    layered = [name for name in list_models() if model_spec(name).feature_layers]
+    layers = sorted({layer for name in layered for layer in model_spec(name).feature_layers})
+    p.add_argument("--layer", choices=layers, default=None,
+                   help="feature layer of the models that have several: "
+                        + "; ".join(f"{n}: {', '.join(model_spec(n).feature_layers)} (default {model_spec(n).feature_layers[0]})"
+                                    for n in layered))
     p.add_argument("--force", action="store_true", help="overwrite an existing --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("inputs", nargs="+", metavar="DIR_OR_FILE", help="video files or directories of videos")
@@ -68,8 +72,10 @@ def main(argv=None) -> int:
     """Run the feature extractor CLI; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.layer is not None and args.model != "c3d":
-        parser.error("--layer applies to c3d only (the other models have one pooled feature layer)")
+    feature_layers = model_spec(args.model).feature_layers
+    if args.layer is not None and args.layer not in feature_layers:
+        parser.error(f"--layer {args.layer}: {args.model} has " + (f"the feature layers {', '.join(feature_layers)}"
+                     if feature_layers else "one pooled feature layer"))
     if not args.out.endswith(".npz"):
         parser.error("--out must name a .npz file")
     if os.path.lexists(args.out) and not args.force:
@@ -83,7 +89,7 @@ def main(argv=None) -> int:
     from v3d_flax.extras import MissingExtraError
     from v3d_flax.port import PortError
 
-    layer = args.layer or ("fc7" if args.model == "c3d" else "pooled")
+    layer = args.layer or (feature_layers[0] if feature_layers else "pooled")
     try:
         recipe = recipe_from_args(args)
         predictor = load_predictor(args.model, args.weights, source=args.source, num_classes=args.num_classes,
@@ -95,7 +101,7 @@ def main(argv=None) -> int:
     with Progress(len(files), "features", enabled=not args.no_progress) as progress:
         for path in files:
             try:
-                rows.append(video_features(predictor, path, args.model, recipe, clips=args.clips,
+                rows.append(video_features(predictor, path, recipe, clips=args.clips,
                                            crops=args.crops))
                 done.append(path)
             except Exception as e:  # one bad file must not stop the others

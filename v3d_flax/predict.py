@@ -2,8 +2,8 @@
 
     python -m v3d_flax.predict --model NAME --weights PATH [--top-k 5] [--json] VIDEO_OR_DIR...
 
-Each video is decoded with PyAV and sampled as the model's recipe says (`v3d_flax.video.RECIPES`:
-frames x rate, resize, crop, normalisation); the softmax probabilities of all views (clips x crops)
+Each video is decoded with PyAV and sampled as the model's record says (`v3d_flax.registry.model_spec(name)`:
+its recipe, frames x rate, resize, crop, and its normalisation); the softmax probabilities of all views (clips x crops)
 are averaged. Directories are searched recursively for video files. Over several videos, progress
 goes to stderr (a bar on a terminal, else a line per tenth). Exit status: 0 when every file was
 classified, 1 when some failed (their errors are printed, the others are still processed), 2 for
@@ -22,8 +22,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from v3d_flax.cli import Progress, model_name
-from v3d_flax.registry import list_models
-from v3d_flax.video import Recipe, VideoError, find_videos, load_views, recipe_for
+from v3d_flax.preprocessing import Recipe
+from v3d_flax.registry import list_models, model_spec
+from v3d_flax.video import VideoError, find_videos, load_views
 
 # JAX and Flax are imported where they are used: `python -m v3d_flax.predict` parses its arguments
 # (and reports usage errors) first.
@@ -72,6 +73,7 @@ class Predictor:
         model.eval()
         self.model = model
         self.arch = getattr(model, "arch", None)
+        self.spec = model_spec(self.arch) if self.arch else None  # the record: recipe, normalisation
         self.batch_size = batch_size
         graphdef, state = nnx.split(model)
         layer_kw = {"layer": feature_layer} if feature_layer else {}
@@ -123,16 +125,25 @@ def average_probabilities(logits: np.ndarray) -> np.ndarray:
     return np.asarray(jax.nn.softmax(jnp.asarray(logits, jnp.float32), axis=-1).mean(axis=0))
 
 
-def predict_video(predictor: Predictor, path: str, model_name: str | None = None, recipe: Recipe | None = None, *,
+def predictor_views(predictor: Predictor, path: str, recipe: Recipe | None = None, *, clips: int | None = None,
+                    crops: int | None = None):
+    """The views of one video file for the predictor's model: sampled with `recipe` (default: its record's)
+    over `clips` x `crops` views (default: the recipe's), normalised as its record says."""
+    if predictor.spec is None:
+        raise ValueError("the predictor's model has no registry name (model.arch), so its recipe and "
+                         "normalisation are unknown; call v3d_flax.video.load_views with them")
+    return load_views(path, recipe or predictor.spec.recipe, predictor.spec.normalization, clips=clips, crops=crops)
+
+
+def predict_video(predictor: Predictor, path: str, recipe: Recipe | None = None, *,
                   clips: int | None = None, crops: int | None = None) -> np.ndarray:
     """View-averaged class probabilities of one video file, (num_classes,) float32.
 
-    The video is sampled with `recipe` (default: the model's, `v3d_flax.video.recipe_for`), over `clips`
-    x `crops` views (default: the recipe's). `model_name` defaults to the predictor's model. A file that
+    The video is sampled with `recipe` (default: the model's, `model_spec(name).recipe`), over `clips`
+    x `crops` views (default: the recipe's), and normalised as the model's record says. A file that
     cannot be used raises `v3d_flax.video.VideoError` naming it.
     """
-    model_name = model_name or predictor.arch
-    return average_probabilities(predictor.logits(load_views(path, model_name, recipe, clips=clips, crops=crops)))
+    return average_probabilities(predictor.logits(predictor_views(predictor, path, recipe, clips=clips, crops=crops)))
 
 
 def file_error(path: str, error: Exception) -> str:
@@ -171,7 +182,8 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
 
 def recipe_from_args(args) -> Recipe:
     """The model's recipe with the command line's overrides."""
-    return recipe_for(args.model, frames=args.frames, rate=args.rate, resize=args.resize, crop=args.crop)
+    return model_spec(args.model).recipe.with_overrides(frames=args.frames, rate=args.rate, resize=args.resize,
+                                                        crop=args.crop)
 
 
 def load_predictor(model_name: str, weights: str | os.PathLike, *, source: str = "v3d", num_classes: int | None = None,
@@ -237,7 +249,7 @@ def main(argv=None) -> int:
         predictor = load_predictor(args.model, args.weights, source=args.source, num_classes=args.num_classes,
                                    recipe=recipe, batch_size=args.batch_size)
         model = predictor.model
-        num_classes = head_size(model, recipe)
+        num_classes = head_size(model)
         recorded = recorded_class_names(args.weights) if args.classes is None else None
         names = recorded if recorded and len(recorded) == num_classes else load_class_names(args.classes, num_classes)
     except (CheckpointError, PortError, ValueError, OSError, MissingExtraError) as e:
@@ -247,7 +259,7 @@ def main(argv=None) -> int:
     with Progress(len(files), "predict", enabled=not args.no_progress) as progress:
         for path in files:
             try:
-                probs = predict_video(predictor, path, args.model, recipe, clips=args.clips, crops=args.crops)
+                probs = predict_video(predictor, path, recipe, clips=args.clips, crops=args.crops)
             except Exception as e:  # one bad file must not stop the others
                 message = file_error(path, e)
                 errors.append({"file": path, "error": message})
@@ -268,12 +280,12 @@ def main(argv=None) -> int:
     return 1 if errors else 0
 
 
-def head_size(model: nnx.Module, recipe: Recipe | None = None) -> int:
+def head_size(model: nnx.Module) -> int:
     """Number of classes of a loaded model (read from its classifier's shape, no forward pass)."""
     from v3d_flax.convert import flax_state, infer_num_classes
 
     shapes = {k: v.shape for k, v in flax_state(model).items()}
-    return infer_num_classes(model.arch, shapes, kind="flax", recipe=recipe)
+    return infer_num_classes(model.arch, shapes, kind="flax")
 
 
 if __name__ == "__main__":

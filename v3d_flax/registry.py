@@ -1,75 +1,153 @@
-"""Model registry: one name -> factory table shared in spirit with `v3d_torch_ref.registry`.
+"""The model registry: one record (`ModelSpec`) per model holds everything v3d knows about it.
 
-Factories are referenced as "module:function" strings and imported on first use, so that
-importing `v3d_flax` stays cheap and each family lives in its own file.
+Each family declares its records in `v3d_flax/records/<family>.py` with `register_model(...)`, beside
+its Flax file `v3d_flax/models/<family>.py`; the registry finds the record modules by listing that
+package, so adding a family touches no file here. Records are plain Python (no JAX import): the
+command lines read names and defaults before the heavy imports. Factories are "module:function"
+strings, imported on first use.
+
+Everything below the model layer (data, video, training, checkpoints) takes what it needs from a
+record as arguments; only the command lines and the top-level functions look a record up by name.
 """
 
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING
+import pkgutil
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, Mapping
 
-if TYPE_CHECKING:  # annotations only: the command lines read the names below without importing JAX
+from v3d_flax.preprocessing import Normalization, Recipe
+
+if TYPE_CHECKING:  # annotations only
     from flax import nnx
 
-# name -> "module:factory". Names follow torchvision / PyTorchVideo hub names.
-_MODELS: dict[str, str] = {
-    "c3d": "v3d_flax.models.c3d:c3d",
-    "r3d_18": "v3d_flax.models.resnet3d:r3d_18",
-    "r3d_34": "v3d_flax.models.resnet3d:r3d_34",
-    "mc3_18": "v3d_flax.models.resnet3d:mc3_18",
-    "r2plus1d_18": "v3d_flax.models.resnet3d:r2plus1d_18",
-    "r2plus1d_34": "v3d_flax.models.resnet3d:r2plus1d_34",
-    "i3d": "v3d_flax.models.i3d:i3d",
-    "slowfast_r50": "v3d_flax.models.slowfast:slowfast_r50",
-    "slowfast_r101": "v3d_flax.models.slowfast:slowfast_r101",
-    "x3d_xs": "v3d_flax.models.x3d:x3d_xs",
-    "x3d_s": "v3d_flax.models.x3d:x3d_s",
-    "x3d_m": "v3d_flax.models.x3d:x3d_m",
-    "x3d_l": "v3d_flax.models.x3d:x3d_l",
-    "i3d_r50": "v3d_flax.models.resnet50:i3d_r50",
-    "slow_r50": "v3d_flax.models.resnet50:slow_r50",
-    "c2d_r50": "v3d_flax.models.resnet50:c2d_r50",
-    "csn_r101": "v3d_flax.models.resnet50:csn_r101",
-    "r2plus1d_r50": "v3d_flax.models.resnet50:r2plus1d_r50",
-}
+
+@dataclass(frozen=True)
+class Published:
+    """Figures the original publisher gives for a model: parameters (an int, or millions as a float
+    where only that is published) and GMACs at the canonical clip (None where not published), for a
+    head of `num_classes`; `source` says where they come from."""
+
+    params: int | float
+    gmacs: float | None
+    num_classes: int
+    source: str
 
 
-# name -> canonical clip (frames, height, width) of its published recipe; SlowFast: the fast pathway's.
-CANONICAL_CLIPS: dict[str, tuple[int, int, int]] = {
-    "c3d": (16, 112, 112),
-    "r3d_18": (16, 112, 112),
-    "r3d_34": (16, 112, 112),
-    "mc3_18": (16, 112, 112),
-    "r2plus1d_18": (16, 112, 112),
-    "r2plus1d_34": (16, 112, 112),
-    "i3d": (64, 224, 224),
-    "slowfast_r50": (32, 256, 256),
-    "slowfast_r101": (32, 256, 256),
-    "x3d_xs": (4, 160, 160),
-    "x3d_s": (13, 160, 160),
-    "x3d_m": (16, 224, 224),
-    "x3d_l": (16, 312, 312),
-    "i3d_r50": (8, 224, 224),
-    "slow_r50": (8, 224, 224),
-    "c2d_r50": (8, 224, 224),
-    "csn_r101": (32, 224, 224),
-    "r2plus1d_r50": (16, 224, 224),
-}
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything known about one model.
+
+    - `factory`: "module:function" building the Flax model (keyword arguments `num_classes`, `rngs`).
+    - `clip`: canonical (frames, height, width) of its published recipe (SlowFast: the fast pathway's).
+    - `recipe`, `normalization`: the publisher's test-time sampling and input normalisation.
+    - `num_classes`: the head size of its reference checkpoints (400: Kinetics; C3D 487: Sports-1M).
+    - `classifier`: the path of the classifier layer in the module tree ("." separated, as in the
+      PyTorch state_dict); its weight's output axis is the number of classes.
+    - `head_pool_kernel`: the fixed AvgPool3d window of the PyTorchVideo hub model at `clip` (one per
+      pathway for SlowFast), None where the hub pools globally; our models pool globally by default.
+    - `sources`: the `v3d_flax.port` checkpoint sources whose key layouts it accepts.
+    - `clip_kwargs`: the factory arguments that follow the clip ("num_frames", "crop_size": C3D's fc6).
+    - `feature_layers`: names `forward_features(x, layer=...)` takes, the first the default (empty: the
+      pooled features only).
+    - `cpu_defaults`: train.py settings for a CPU run that differ from the common ones.
+    - `published`: the publisher's parameter / MAC counts.
+    - `weights`: its pretrained weights (filled by the pretrained-weights records).
+    """
+
+    name: str
+    factory: str
+    clip: tuple[int, int, int]
+    recipe: Recipe
+    normalization: Normalization
+    classifier: str
+    num_classes: int = 400
+    head_pool_kernel: tuple | None = None
+    sources: tuple[str, ...] = ("v3d",)
+    clip_kwargs: tuple[str, ...] = ()
+    feature_layers: tuple[str, ...] = ()
+    cpu_defaults: Mapping[str, Any] = field(default_factory=dict)
+    published: Published | None = None
+    weights: tuple = ()
+
+    def __post_init__(self):
+        object.__setattr__(self, "cpu_defaults", MappingProxyType(dict(self.cpu_defaults)))
+        unknown = set(self.clip_kwargs) - {"num_frames", "crop_size"}
+        if unknown:
+            raise ValueError(f"{self.name}: clip_kwargs may name num_frames and crop_size, not {sorted(unknown)}")
+
+    @property
+    def family(self) -> str:
+        """The module of its factory (models of one family share key names, differing in depth or widths)."""
+        return self.factory.split(":")[0]
+
+    @property
+    def pathways(self) -> int:
+        """1, or 2 for a (slow, fast) pair of clips (SlowFast)."""
+        return self.recipe.pathways
+
+    def size_kwargs(self, num_frames: int, crop_size: int) -> dict:
+        """The factory arguments that make the model for (num_frames, crop_size) clips ({} for most)."""
+        sizes = {"num_frames": num_frames, "crop_size": crop_size}
+        return {k: sizes[k] for k in self.clip_kwargs}
+
+    def input_shapes(self, clip: tuple[int, int, int] | None = None, *, batch: int = 1,
+                     in_channels: int = 3) -> tuple[tuple[int, ...], ...]:
+        """NDHWC shapes of one input at `clip` (default: the canonical one): one per pathway, slow first."""
+        t, h, w = clip or self.clip
+        if self.pathways == 2:
+            return (batch, t // self.recipe.alpha, h, w, in_channels), (batch, t, h, w, in_channels)
+        return ((batch, t, h, w, in_channels),)
+
+
+_SPECS: dict[str, ModelSpec] = {}
+_LOADED = False
+
+
+def register_model(spec: ModelSpec) -> ModelSpec:
+    """Add `spec` to the registry (called by the record modules); a name can be registered once."""
+    if spec.name in _SPECS and _SPECS[spec.name] != spec:
+        raise ValueError(f"model {spec.name!r} is registered twice")
+    _SPECS[spec.name] = spec
+    return spec
+
+
+def _load_records() -> dict[str, ModelSpec]:
+    global _LOADED
+    if not _LOADED:
+        from v3d_flax import records
+
+        for info in sorted(pkgutil.iter_modules(records.__path__), key=lambda m: m.name):
+            importlib.import_module(f"{records.__name__}.{info.name}")
+        _LOADED = True
+    return _SPECS
 
 
 def list_models() -> list[str]:
     """Names accepted by `create_model`, sorted."""
-    return sorted(_MODELS)
+    return sorted(_load_records())
 
 
-def get_factory(name: str):
-    """The factory function registered under `name`; ValueError listing the names otherwise."""
-    if name not in _MODELS:
+def all_specs() -> list[ModelSpec]:
+    """Every record, family by family (record modules by name), each family in its declaration order."""
+    return list(_load_records().values())
+
+
+def model_spec(name: str) -> ModelSpec:
+    """The record of `name`; ValueError listing the names (and the closest one) otherwise."""
+    specs = _load_records()
+    if name not in specs:
         from v3d_flax.cli import unknown_model_message
 
         raise ValueError(unknown_model_message(name))
-    module, attr = _MODELS[name].split(":")
+    return specs[name]
+
+
+def get_factory(name: str):
+    """The factory function of `name` (imports its family's module)."""
+    module, attr = model_spec(name).factory.split(":")
     return getattr(importlib.import_module(module), attr)
 
 

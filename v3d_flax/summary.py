@@ -24,29 +24,7 @@ from flax import nnx
 from v3d_flax import layers
 from v3d_flax.blocks import conv_param_counts
 from v3d_flax.conv import conv_impl
-from v3d_flax.registry import CANONICAL_CLIPS, abstract_model, list_models
-
-# Published figures at 400 classes (Kinetics heads; C3D: 487 Sports-1M classes), from
-# torchvision, PyTorchVideo and the papers: (parameters, GMACs at the canonical clip or None).
-PUBLISHED: dict[str, tuple[int | float, float | None]] = {
-    "r3d_18": (33_371_472, 40.70),
-    "mc3_18": (11_695_440, 43.34),
-    "r2plus1d_18": (31_505_325, 40.52),
-    "c3d": (79_991_015, 38.55),
-    "i3d": (12_697_264, None),  # piergiaj's 400-class model; no MAC count published with it
-    "i3d_r50": (28.04, None),
-    "slow_r50": (32.45, None),
-    "c2d_r50": (24.33, None),
-    "csn_r101": (22.21, None),
-    "r2plus1d_r50": (28.11, None),
-    "slowfast_r50": (34.57, 65.71),
-    # X3D paper (Feichtenhofer 2020, Table 3) at its canonical crops: xs/s 160, m 224, l 312.
-    "x3d_xs": (3.79, 0.60),
-    "x3d_s": (3.79, 1.96),
-    "x3d_m": (3.79, 4.73),
-    "x3d_l": (6.15, 18.37),
-}
-
+from v3d_flax.registry import abstract_model, list_models, model_spec
 
 @dataclass
 class ModelSummary:
@@ -60,13 +38,9 @@ class ModelSummary:
 
 def example_input(name: str, clip: tuple[int, int, int], batch: int = 1, in_channels: int = 3):
     """A ShapeDtypeStruct (or a (slow, fast) pair for two-pathway models) for `name` at `clip`."""
-    t, h, w = clip
-    if name.startswith("slowfast"):
-        from v3d_flax.models.slowfast import ALPHA  # fast clip is canonical; slow = fast / alpha
-
-        return (jax.ShapeDtypeStruct((batch, t // ALPHA, h, w, in_channels), jnp.float32),
-                jax.ShapeDtypeStruct((batch, t, h, w, in_channels), jnp.float32))
-    return jax.ShapeDtypeStruct((batch, t, h, w, in_channels), jnp.float32)
+    shapes = model_spec(name).input_shapes(clip, batch=batch, in_channels=in_channels)
+    inputs = tuple(jax.ShapeDtypeStruct(shape, jnp.float32) for shape in shapes)
+    return inputs if len(inputs) > 1 else inputs[0]
 
 
 @contextlib.contextmanager
@@ -100,10 +74,9 @@ def count_params(model: nnx.Module) -> int:
 def summarize(name: str, *, num_classes: int = 400, clip: tuple[int, int, int] | None = None,
               xla: bool = True, **model_kwargs) -> ModelSummary:
     """Parameters, fvcore MACs (batch 1) and optionally XLA FLOPs of `name` at `clip`."""
-    clip = clip or CANONICAL_CLIPS[name]
-    if name == "c3d":
-        model_kwargs.setdefault("num_frames", clip[0])
-        model_kwargs.setdefault("crop_size", clip[1])
+    spec = model_spec(name)
+    clip = clip or spec.clip
+    model_kwargs = {**spec.size_kwargs(clip[0], clip[1]), **model_kwargs}
     # Shapes only: no weights are initialised (a forward pass on abstract arrays is all we need).
     model = abstract_model(name, num_classes=num_classes, **model_kwargs)
     model.eval()
@@ -130,8 +103,9 @@ def format_table(rows: list[ModelSummary]) -> str:
     out = ["| model | clip (T x H x W) | params | GMACs (fvcore) | XLA GFLOPs | published params / GMACs |",
            "|---|---|---:|---:|---:|---|"]
     for r in rows:
-        pub = PUBLISHED.get(r.name)
-        pub_s = f"{pub[0]:,} / {pub[1] if pub[1] is not None else '-'}" if pub and r.num_classes == (487 if r.name == "c3d" else 400) else "-"
+        pub = model_spec(r.name).published
+        shown = pub is not None and r.num_classes == pub.num_classes
+        pub_s = f"{pub.params:,} / {pub.gmacs if pub.gmacs is not None else '-'}" if shown else "-"
         xla = f"{r.xla_flops / 1e9:.2f}" if r.xla_flops is not None else "-"
         out.append(f"| {r.name} | {'x'.join(map(str, r.clip))} | {r.params:,} | {r.macs / 1e9:.2f} | {xla} | {pub_s} |")
     return "\n".join(out)
@@ -160,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     rows = []
     for name in args.models:
-        n = args.num_classes or (487 if name == "c3d" else 400)
+        n = args.num_classes or model_spec(name).num_classes
         rows.append(summarize(name, num_classes=n, xla=not args.no_xla))
         print(f"  {name}: done", file=sys.stderr, flush=True)
     print(format_table(rows))

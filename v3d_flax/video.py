@@ -1,7 +1,8 @@
-"""Video decoding (PyAV) and the per-model test-time clip recipe: which frames, resize, crops, normalisation.
+"""Video decoding (PyAV) and the test-time views of a clip recipe: which frames, resize, crops, normalisation.
 
-A recipe turns one video file into a batch of views (temporal clips x spatial crops), each a float32
-NDHWC clip normalised the way the model's pretrained weights expect. Frames are decoded only where a
+A `v3d_flax.preprocessing.Recipe` (a model's is `v3d_flax.registry.model_spec(name).recipe`) turns one
+video file into a batch of views (temporal clips x spatial crops), each a float32 NDHWC clip
+normalised the way the model's pretrained weights expect (`model_spec(name).normalization`). Frames are decoded only where a
 clip needs them, so long videos do not have to fit in memory.
 """
 
@@ -9,109 +10,17 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 
-from v3d_flax.data.normalization import normalization_for
+from v3d_flax.preprocessing import CROP_ROUNDINGS, RESIZE_ROUNDINGS, Normalization, Recipe, check_rounding
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".webm", ".mkv", ".mov", ".m4v", ".mpg", ".mpeg", ".ogv", ".gif")
 
 
 class VideoError(RuntimeError):
     """A file that cannot be used as a video (not a video, corrupt, too short); the message names the file."""
-
-
-@dataclass(frozen=True)
-class Recipe:
-    """Test-time sampling of one model.
-
-    frames x rate: clip length and stride (in frames at `fps` if set, else at the file's own rate).
-    resize: short side in pixels, or a fixed (height, width). crop: square crop size.
-    clips x crops: default views (temporal clips spread over the video; 1 centre crop, or 3 crops
-    along the longer side). pathways=2: SlowFast, whose slow clip is `frames // alpha` frames
-    subsampled uniformly from the fast one.
-    Pixel rounding, as the weights' publisher does it: `resize_rounding` for the long side of a
-    short-side resize ("round": nearest; "floor": PyTorchVideo's `floor(long / short * resize)`), and
-    for the centre offset `(side - crop) / 2`, `center_rounding` with 1 crop and `three_crop_rounding`
-    with 3 ("round": Python's, halves to even, as torchvision's `center_crop`; "floor"; "ceil").
-    The defaults (round, floor, floor) serve recipes built by hand; `RECIPES` sets each publisher's.
-    """
-
-    frames: int
-    rate: int
-    resize: int | tuple[int, int]
-    crop: int
-    clips: int = 1
-    crops: int = 1
-    fps: float | None = None
-    pathways: int = 1
-    alpha: int = 4
-    resize_rounding: str = "round"
-    center_rounding: str = "floor"
-    three_crop_rounding: str = "floor"
-
-    def __post_init__(self):
-        if self.frames < 1 or self.rate < 1 or self.crop < 1 or self.clips < 1 or self.crops not in (1, 3):
-            raise ValueError(f"invalid recipe {self}: frames, rate, crop and clips must be >= 1, crops 1 or 3")
-        _check_rounding(self.resize_rounding, RESIZE_ROUNDINGS)
-        _check_rounding(self.center_rounding, CROP_ROUNDINGS)
-        _check_rounding(self.three_crop_rounding, CROP_ROUNDINGS)
-
-    def crop_rounding(self, crops: int) -> str:
-        """The centre-offset rounding of this recipe's 1-crop or 3-crop views."""
-        return self.center_rounding if crops == 1 else self.three_crop_rounding
-
-
-RESIZE_ROUNDINGS = ("round", "floor")
-CROP_ROUNDINGS = ("round", "floor", "ceil")
-
-
-def _check_rounding(rounding: str, allowed: tuple[str, ...]) -> None:
-    if rounding not in allowed:
-        raise ValueError(f"unknown pixel rounding {rounding!r}; expected one of {', '.join(allowed)}")
-
-
-# Each publisher's pixel rounding. torchvision: `VideoClassification` resizes to a fixed size, then
-# `functional.center_crop` offsets by int(round(...)). C3D's Caffe VideoDataLayer crops at
-# (side - crop) / 2 in integer arithmetic. PyTorchVideo: `short_side_scale` floors the long side; its
-# 1-crop evaluation (trainer val transform, hub tutorial) is torchvision's CenterCrop / CenterCropVideo,
-# int(round(...)); its 3-crop test is `uniform_crop`, centred by ceil (as PySlowFast's, whose 1-crop
-# test is uniform_crop's centre, ceil, too). DeepMind publishes "short side 256, centre crop 224" for
-# I3D without the rounding: the nearest long side and torchvision's centre rule are kept.
-_TORCHVISION_ROUNDING = dict(center_rounding="round", three_crop_rounding="round")
-_PTV_ROUNDING = dict(resize_rounding="floor", center_rounding="round", three_crop_rounding="ceil")
-_TORCHVISION = Recipe(frames=16, rate=1, resize=(128, 171), crop=112, clips=5, crops=1, fps=15.0,
-                      **_TORCHVISION_ROUNDING)
-_PTV_8X8 = Recipe(frames=8, rate=8, resize=256, crop=256, clips=10, crops=3, **_PTV_ROUNDING)
-
-# Published test recipes (torchvision's video ResNets, C3D on Sports-1M, DeepMind's I3D, PyTorchVideo's zoo).
-RECIPES: dict[str, Recipe] = {
-    "c3d": Recipe(frames=16, rate=1, resize=(128, 171), crop=112, clips=10, crops=1,
-                  center_rounding="floor", three_crop_rounding="floor"),
-    "r3d_18": _TORCHVISION, "r3d_34": _TORCHVISION, "mc3_18": _TORCHVISION,
-    "r2plus1d_18": _TORCHVISION, "r2plus1d_34": _TORCHVISION,
-    "i3d": Recipe(frames=64, rate=1, resize=256, crop=224, clips=1, crops=1, fps=25.0, resize_rounding="round",
-                  **_TORCHVISION_ROUNDING),
-    "i3d_r50": _PTV_8X8, "slow_r50": _PTV_8X8, "c2d_r50": _PTV_8X8,
-    "csn_r101": Recipe(frames=32, rate=2, resize=256, crop=256, clips=10, crops=3, **_PTV_ROUNDING),
-    "r2plus1d_r50": Recipe(frames=16, rate=4, resize=256, crop=256, clips=10, crops=3, **_PTV_ROUNDING),
-    "slowfast_r50": Recipe(frames=32, rate=2, resize=256, crop=256, clips=10, crops=3, pathways=2, alpha=4,
-                           **_PTV_ROUNDING),
-    "slowfast_r101": Recipe(frames=32, rate=2, resize=256, crop=256, clips=10, crops=3, pathways=2, alpha=4,
-                            **_PTV_ROUNDING),
-    "x3d_xs": Recipe(frames=4, rate=12, resize=182, crop=182, clips=10, crops=3, **_PTV_ROUNDING),
-    "x3d_s": Recipe(frames=13, rate=6, resize=182, crop=182, clips=10, crops=3, **_PTV_ROUNDING),
-    "x3d_m": Recipe(frames=16, rate=5, resize=256, crop=256, clips=10, crops=3, **_PTV_ROUNDING),
-    "x3d_l": Recipe(frames=16, rate=5, resize=356, crop=356, clips=10, crops=3, **_PTV_ROUNDING),
-}
-
-
-def recipe_for(model_name: str, **overrides) -> Recipe:
-    """The test recipe of `model_name`, with fields replaced by the non-None `overrides`."""
-    if model_name not in RECIPES:
-        raise ValueError(f"no clip recipe for model {model_name!r}; known: {', '.join(sorted(RECIPES))}")
-    return replace(RECIPES[model_name], **{k: v for k, v in overrides.items() if v is not None})
 
 
 @dataclass(frozen=True)
@@ -215,7 +124,7 @@ def resized_size(height: int, width: int, resize: int | tuple[int, int], roundin
     The long side is `long * resize / short` rounded to nearest ("round"), or PyTorchVideo's
     `floor(long / short * resize)` ("floor").
     """
-    _check_rounding(rounding, RESIZE_ROUNDINGS)
+    check_rounding(rounding, RESIZE_ROUNDINGS)
     if isinstance(resize, (tuple, list)):
         return int(resize[0]), int(resize[1])
     short, long = min(height, width), max(height, width)
@@ -241,7 +150,7 @@ def crop_offsets(height: int, width: int, crop: int, crops: int, rounding: str =
     The centre offset `(side - crop) / 2` is rounded by `rounding` ("floor", "ceil", or "round": Python's,
     halves to even); a recipe's rule is `Recipe.crop_rounding(crops)`.
     """
-    _check_rounding(rounding, CROP_ROUNDINGS)
+    check_rounding(rounding, CROP_ROUNDINGS)
     if crop > height or crop > width:
         raise ValueError(f"crop {crop} is larger than the resized frame {height}x{width}")
     cy, cx = _centre(height, crop, rounding), _centre(width, crop, rounding)
@@ -267,17 +176,17 @@ def preprocess(frames: np.ndarray, recipe: Recipe, mean, std) -> np.ndarray:
     return np.asarray(x, np.float32)
 
 
-def load_views(path: str | os.PathLike, model_name: str, recipe: Recipe | None = None, *,
+def load_views(path: str | os.PathLike, recipe: Recipe, normalization: Normalization, *,
                clips: int | None = None, crops: int | None = None):
-    """All test views of one video for `model_name`: float32 (clips * crops, T, crop, crop, 3), clip-major.
+    """All test views of one video: float32 (clips * crops, T, crop, crop, 3), clip-major, sampled by
+    `recipe` (over `clips` x `crops` views, default the recipe's) and normalised by `normalization`.
 
     For a two-pathway recipe (SlowFast) returns [slow, fast] with slow = fast subsampled by alpha.
     Raises VideoError naming the file for anything wrong with the file.
     """
     path = os.fspath(path)
-    recipe = recipe or recipe_for(model_name)
     clips, crops = clips or recipe.clips, crops or recipe.crops
-    mean, std = normalization_for(model_name)
+    mean, std = normalization.mean, normalization.std
     info = probe(path)
     try:
         idx = clip_indices(info.num_frames, info.fps, recipe, clips)

@@ -1,41 +1,45 @@
-"""Model registry of the PyTorch reference; the same names as `v3d_flax.registry`."""
+"""Model registry of the PyTorch reference: names only, the same as `v3d_flax.registry`'s.
+
+Each family module in `v3d_torch_ref.models` ends with `MODELS = {name: factory}`; the registry
+collects them from every module of that package, so adding a family touches no file here.
+"""
 
 from __future__ import annotations
 
 import importlib
+import pkgutil
 
 from torch import nn
 
-_MODELS: dict[str, str] = {
-    "c3d": "v3d_torch_ref.models.c3d:c3d",
-    "r3d_18": "v3d_torch_ref.models.resnet3d:r3d_18",
-    "r3d_34": "v3d_torch_ref.models.resnet3d:r3d_34",
-    "mc3_18": "v3d_torch_ref.models.resnet3d:mc3_18",
-    "r2plus1d_18": "v3d_torch_ref.models.resnet3d:r2plus1d_18",
-    "r2plus1d_34": "v3d_torch_ref.models.resnet3d:r2plus1d_34",
-    "i3d": "v3d_torch_ref.models.i3d:i3d",
-    "slowfast_r50": "v3d_torch_ref.models.slowfast:slowfast_r50",
-    "slowfast_r101": "v3d_torch_ref.models.slowfast:slowfast_r101",
-    "x3d_xs": "v3d_torch_ref.models.x3d:x3d_xs",
-    "x3d_s": "v3d_torch_ref.models.x3d:x3d_s",
-    "x3d_m": "v3d_torch_ref.models.x3d:x3d_m",
-    "x3d_l": "v3d_torch_ref.models.x3d:x3d_l",
-    "i3d_r50": "v3d_torch_ref.models.resnet50:i3d_r50",
-    "slow_r50": "v3d_torch_ref.models.resnet50:slow_r50",
-    "c2d_r50": "v3d_torch_ref.models.resnet50:c2d_r50",
-    "csn_r101": "v3d_torch_ref.models.resnet50:csn_r101",
-    "r2plus1d_r50": "v3d_torch_ref.models.resnet50:r2plus1d_r50",
-}
+_FACTORIES: dict = {}
+
+
+def _factories() -> dict:
+    if not _FACTORIES:
+        from v3d_torch_ref import models
+
+        for info in sorted(pkgutil.iter_modules(models.__path__), key=lambda m: m.name):
+            module = importlib.import_module(f"{models.__name__}.{info.name}")
+            for name, factory in getattr(module, "MODELS", {}).items():
+                if name in _FACTORIES:
+                    raise ValueError(f"model {name!r} is registered twice")
+                _FACTORIES[name] = factory
+    return _FACTORIES
 
 
 def list_models() -> list[str]:
     """Names accepted by `create_model`, sorted."""
-    return sorted(_MODELS)
+    return sorted(_factories())
+
+
+def get_factory(name: str):
+    """The factory of `name`; ValueError listing the names otherwise."""
+    factories = _factories()
+    if name not in factories:
+        raise ValueError(f"unknown model {name!r}; available models: {', '.join(list_models())}")
+    return factories[name]
 
 
 def create_model(name: str, *, num_classes: int, **kwargs) -> nn.Module:
     """Build the PyTorch reference model `name` (NCDHW input, logits output)."""
-    if name not in _MODELS:
-        raise ValueError(f"unknown model {name!r}; available models: {', '.join(list_models())}")
-    module, attr = _MODELS[name].split(":")
-    return getattr(importlib.import_module(module), attr)(num_classes=num_classes, **kwargs)
+    return get_factory(name)(num_classes=num_classes, **kwargs)

@@ -1,12 +1,13 @@
 """Datasets and the input pipeline.
 
     from v3d_flax import data
+    from v3d_flax.registry import model_spec
     info = data.dataset_info("v3d_synthetic_motion")            # builds the embedded dataset on first use
     batches = data.train_batches("v3d_synthetic_motion", data_dir=None, global_batch_size=16, num_frames=16,
-                                 crop_size=32, model_name="c3d", seed=0)
+                                 crop_size=32, normalization=model_spec("c3d").normalization, seed=0)
     batch = next(batches)                                         # {"video": (16, 16, 32, 32, 3), "label": (16,)}
 
-Normalisation and metrics need only numpy; the dataset functions import TensorFlow on first use.
+Metrics need only numpy; the dataset functions import TensorFlow on first use.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import importlib
 
 from v3d_flax import extras
 from v3d_flax.data.metrics import VideoMetrics, topk_correct, video_metrics
-from v3d_flax.data.normalization import NORMALIZATION, family_for, normalization_for
 
 DEFAULT_DATASET = "v3d_synthetic_motion"
 
@@ -25,8 +25,7 @@ _LAZY = {
     "DatasetNotPreparedError": "sources", "default_data_dir": "sources",
 }
 
-__all__ = ["DEFAULT_DATASET", "NORMALIZATION", "VideoMetrics", "family_for", "normalization_for", "topk_correct",
-           "video_metrics", *_LAZY]
+__all__ = ["DEFAULT_DATASET", "VideoMetrics", "topk_correct", "video_metrics", *_LAZY]
 
 
 def __getattr__(name: str):

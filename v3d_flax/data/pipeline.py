@@ -22,7 +22,7 @@ import numpy as np
 import tensorflow as tf
 
 from v3d_flax.data import transforms
-from v3d_flax.data.normalization import normalization_for
+from v3d_flax.preprocessing import Normalization
 from v3d_flax.data.sources import open_source
 
 NUM_UNIFORMS = 5  # temporal position, scale, crop y, crop x, flip
@@ -104,10 +104,12 @@ def _numpy_batches(ds: tf.data.Dataset, keys: tuple[str, ...]):
         yield dict(zip(keys, values))
 
 
-def train_batches(name: str, *, data_dir, global_batch_size: int, num_frames: int, crop_size: int, model_name: str,
+def train_batches(name: str, *, data_dir, global_batch_size: int, num_frames: int, crop_size: int,
+                  normalization: Normalization,
                   seed: int, start_step: int = 0, stop_step: int | None = None, process_index: int = 0,
                   process_count: int = 1, frame_stride: int = 1, flip: bool = True):
-    """Training batches {"video": float32 (B, T, H, W, 3) normalised NDHWC, "label": int32 (B,)}.
+    """Training batches {"video": float32 (B, T, H, W, 3) NDHWC, "label": int32 (B,)}, normalised by
+    `normalization` (a model's: `v3d_flax.registry.model_spec(name).normalization`).
 
     B = global_batch_size // process_count. Batch k of this iterator is global step start_step + k;
     see the module docstring for the determinism contract. Endless unless `stop_step` is given (then
@@ -120,7 +122,7 @@ def train_batches(name: str, *, data_dir, global_batch_size: int, num_frames: in
     if stop_step is not None:
         _check_int("stop_step", stop_step, start_step)
     local = _check_processes(global_batch_size, process_index, process_count, "global_batch_size")
-    mean, std = normalization_for(model_name)
+    mean, std = normalization.mean, normalization.std
     source = open_source(name, data_dir)
     info = source.info
     order = TrainOrder(info.num_train, global_batch_size, int(seed))
@@ -153,10 +155,11 @@ def train_batches(name: str, *, data_dir, global_batch_size: int, num_frames: in
     return _numpy_batches(ds, ("video", "label"))
 
 
-def eval_batches(name: str, *, data_dir, batch_size: int, num_frames: int, crop_size: int, model_name: str,
+def eval_batches(name: str, *, data_dir, batch_size: int, num_frames: int, crop_size: int,
+                 normalization: Normalization,
                  clips: int = 1, crops: int = 1, process_index: int = 0, process_count: int = 1,
                  frame_stride: int = 1):
-    """One pass over the evaluation split, every video as clips x crops views.
+    """One pass over the evaluation split, every video as clips x crops views normalised by `normalization`.
 
     Yields {"video": float32 (B, T, H, W, 3), "label": int32 (B,), "video_index": int32 (B,), "mask": bool (B,)}
     with B = batch_size // process_count (batch_size is global). Process p takes the contiguous
@@ -170,7 +173,7 @@ def eval_batches(name: str, *, data_dir, batch_size: int, num_frames: int, crop_
     if crops not in (1, 3):
         raise ValueError(f"crops must be 1 (centre crop) or 3 (two ends and the centre), got {crops!r}")
     local = _check_processes(batch_size, process_index, process_count, "batch_size")
-    mean, std = normalization_for(model_name)
+    mean, std = normalization.mean, normalization.std
     source = open_source(name, data_dir)
     info = source.info
     n = info.num_eval

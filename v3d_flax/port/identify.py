@@ -105,12 +105,12 @@ def identify_checkpoint(shapes: Mapping[str, tuple], *, kind: str = "torch", sou
     """The registered model (and key source) whose keys and shapes fit the checkpoint's `shapes` best,
     or None when no model shares a key with it. `first` (the model the user named) is tried first and
     wins ties; `names` limits the candidates (default: all). Stops at the first complete match."""
-    from v3d_flax.registry import _MODELS
+    from v3d_flax.registry import all_specs
 
     families: dict[str, list[str]] = {}
-    for name, target in _MODELS.items():
-        if names is None or name in names:
-            families.setdefault(target.split(":")[0], []).append(name)
+    for spec in all_specs():
+        if names is None or spec.name in names:
+            families.setdefault(spec.family, []).append(spec.name)
     tried: dict[str, Match] = {}
 
     def complete_among(members) -> Match | None:

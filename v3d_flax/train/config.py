@@ -2,7 +2,8 @@
 
 Fields left as `None` are filled by `resolve` from the accelerator: a CPU run defaults to a small
 clip and a short schedule that finish within minutes on two cores; GPU/TPU runs default to the
-model's canonical clip (`v3d_flax.registry.CANONICAL_CLIPS`).
+model's canonical clip; a model's own CPU settings (C3D's) come from its record
+(`v3d_flax.registry.model_spec(name).cpu_defaults`).
 """
 
 from __future__ import annotations
@@ -15,15 +16,11 @@ from dataclasses import dataclass
 DEFAULT_DATASET = "v3d_synthetic_motion"
 
 # Defaults for the fields that are None in TrainConfig: common ones, then per accelerator kind, then
-# per model on CPU.
+# the model record's `cpu_defaults` on CPU.
 COMMON_DEFAULTS = dict(optimizer="sgd", label_smoothing=0.1)
 CPU_DEFAULTS = dict(steps=150, batch_size=16, num_frames=16, crop_size=16, lr=0.02, warmup_steps=15,
                     log_every=10, eval_every=0)
 ACCEL_DEFAULTS = dict(steps=20_000, batch_size=64, lr=0.1, warmup_steps=1_000, log_every=50, eval_every=2_000)
-# C3D has no normalisation layers: from scratch it needs AdamW at a small rate and no dropout to learn
-# within minutes (SGD, or dropout 0.5, left it near chance after 200 steps; see the README).
-CPU_MODEL_DEFAULTS = {"c3d": dict(steps=500, optimizer="adamw", lr=1e-4, warmup_steps=30, label_smoothing=0.0,
-                                  dropout=0.0)}
 
 
 @dataclass(frozen=True)
@@ -114,13 +111,14 @@ def resume_conflicts(saved: dict, config: "TrainConfig") -> list[str]:
 
 def resolve(config: TrainConfig) -> TrainConfig:
     """Fill the None fields from the accelerator's defaults and the model's canonical clip; validate."""
-    from v3d_flax.registry import CANONICAL_CLIPS
+    from v3d_flax.registry import model_spec
 
+    spec = model_spec(config.model)
     defaults = {**COMMON_DEFAULTS, **(CPU_DEFAULTS if config.accelerator == "cpu" else ACCEL_DEFAULTS)}
     if config.accelerator == "cpu":
-        defaults.update(CPU_MODEL_DEFAULTS.get(config.model, {}))
+        defaults.update(spec.cpu_defaults)
     else:
-        t, h, _ = CANONICAL_CLIPS.get(config.model, (16, 112, 112))
+        t, h, _ = spec.clip
         defaults.update(num_frames=t, crop_size=h)
     changes = {k: v for k, v in defaults.items() if getattr(config, k) is None}
     if config.workdir is None:

@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from v3d_flax.registry import model_spec
 from v3d_flax.train.mesh import batch_sharding, replicated, to_global
 from v3d_flax.train.steps import make_eval_step
 
@@ -59,7 +60,8 @@ class Evaluator:
         c = self.config
         clips, crops = c.eval_views
         batches = data.eval_batches(c.dataset, data_dir=c.data_dir, batch_size=c.eval_batch_size,
-                                    num_frames=c.num_frames, crop_size=c.crop_size, model_name=c.model,
+                                    num_frames=c.num_frames, crop_size=c.crop_size,
+                                    normalization=model_spec(c.model).normalization,
                                     clips=clips, crops=crops, process_index=jax.process_index(),
                                     process_count=jax.process_count())
         show = c.progress and jax.process_index() == 0

@@ -18,6 +18,7 @@ import time
 import jax
 import numpy as np
 
+from v3d_flax.registry import model_spec
 from v3d_flax.train import checkpointing, evaluation
 from v3d_flax.train.config import TrainConfig, resolve
 from v3d_flax.train.mesh import (check_batch_divides, init_distributed, make_mesh, replicated, select_devices,
@@ -233,7 +234,7 @@ def _train(config, defs, tx, schedule, state, start_step, window, mesh, info, ck
     micro_batch = config.batch_size // config.grad_accum
     batches = data.train_batches(
         config.dataset, data_dir=config.data_dir, global_batch_size=micro_batch, num_frames=config.num_frames,
-        crop_size=config.crop_size, model_name=config.model, seed=config.seed,
+        crop_size=config.crop_size, normalization=model_spec(config.model).normalization, seed=config.seed,
         start_step=start_step * config.grad_accum, stop_step=max(start_step, config.steps) * config.grad_accum,
         process_index=jax.process_index(),
         process_count=jax.process_count())

@@ -8,7 +8,6 @@ dropout RNG streams, so checkpointing it checkpoints the RNG state.
 
 from __future__ import annotations
 
-import inspect
 import math
 from dataclasses import dataclass
 from functools import partial
@@ -21,19 +20,18 @@ from flax import nnx
 
 from v3d_flax.conv import tied_to
 from v3d_flax.layers import BatchNorm, Sequential
-from v3d_flax.registry import create_model, get_factory
+from v3d_flax.registry import create_model, model_spec
 
 PMAP_AXIS = "batch"
 
 
 def build_model(name: str, *, num_classes: int, num_frames: int, crop_size: int, seed: int,
                 remat: bool = False, bn_axis_name: str | None = None, dropout: float | None = None) -> nnx.Module:
-    """`create_model(name)`, passing the clip size to factories that take it (C3D); optional
+    """`create_model(name)`, passing the clip size where its record says the model follows it (C3D); optional
     per-block rematerialisation, cross-replica BatchNorm (for pmap) and a dropout rate for every
     dropout layer (None keeps the model's own)."""
-    params = inspect.signature(get_factory(name)).parameters
-    kwargs = {k: v for k, v in (("num_frames", num_frames), ("crop_size", crop_size)) if k in params}
-    model = create_model(name, num_classes=num_classes, rngs=nnx.Rngs(seed), **kwargs)
+    model = create_model(name, num_classes=num_classes, rngs=nnx.Rngs(seed),
+                         **model_spec(name).size_kwargs(num_frames, crop_size))
     for _, module in nnx.iter_modules(model):
         if bn_axis_name is not None and isinstance(module, BatchNorm):
             module.axis_name = bn_axis_name

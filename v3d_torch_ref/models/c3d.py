@@ -59,3 +59,6 @@ class C3D(nn.Module):
 def c3d(*, num_classes: int = 487, num_frames: int = 16, crop_size: int = 112, dropout: float = 0.5) -> C3D:
     """C3D for num_frames x crop_size x crop_size clips; fc6's fan-in follows the clip size."""
     return C3D(num_classes, num_frames, crop_size, dropout)
+
+# The names this family registers (`v3d_torch_ref.registry` collects every family's MODELS).
+MODELS = {"c3d": c3d}

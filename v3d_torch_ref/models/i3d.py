@@ -146,3 +146,6 @@ def i3d(*, num_classes: int = 400, in_channels: int = 3, dropout: float = 0.5,
         bn_momentum: float = BN_MOMENTUM) -> InceptionI3d:
     """I3D (Inception-v1 inflated); in_channels=2 for optical-flow input."""
     return InceptionI3d(num_classes, in_channels, dropout, bn_momentum)
+
+# The names this family registers (`v3d_torch_ref.registry` collects every family's MODELS).
+MODELS = {"i3d": i3d}

@@ -65,3 +65,6 @@ r3d_34 = partial(VideoResNet, layers=(3, 4, 6, 3), **_R3D)
 mc3_18 = partial(VideoResNet, layers=(2, 2, 2, 2), **_MC3)
 r2plus1d_18 = partial(VideoResNet, layers=(2, 2, 2, 2), **_R2PLUS1D)
 r2plus1d_34 = partial(VideoResNet, layers=(3, 4, 6, 3), **_R2PLUS1D)
+
+# The names this family registers (`v3d_torch_ref.registry` collects every family's MODELS).
+MODELS = {"r3d_18": r3d_18, "r3d_34": r3d_34, "mc3_18": mc3_18, "r2plus1d_18": r2plus1d_18, "r2plus1d_34": r2plus1d_34}

@@ -170,3 +170,6 @@ slow_r50 = partial(_factory, "slow_r50")
 c2d_r50 = partial(_factory, "c2d_r50")
 csn_r101 = partial(_factory, "csn_r101")
 r2plus1d_r50 = partial(_factory, "r2plus1d_r50")
+
+# The names this family registers (`v3d_torch_ref.registry` collects every family's MODELS).
+MODELS = {"i3d_r50": i3d_r50, "slow_r50": slow_r50, "c2d_r50": c2d_r50, "csn_r101": csn_r101, "r2plus1d_r50": r2plus1d_r50}

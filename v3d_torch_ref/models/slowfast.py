@@ -217,3 +217,6 @@ class SlowFast(nn.Module):
 
 slowfast_r50 = partial(SlowFast, depth=50, fusion_kernel=7)
 slowfast_r101 = partial(SlowFast, depth=101, fusion_kernel=5)
+
+# The names this family registers (`v3d_torch_ref.registry` collects every family's MODELS).
+MODELS = {"slowfast_r50": slowfast_r50, "slowfast_r101": slowfast_r101}

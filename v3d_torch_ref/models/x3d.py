@@ -216,3 +216,6 @@ x3d_xs = partial(X3D, depth_factor=2.2)
 x3d_s = partial(X3D, depth_factor=2.2)
 x3d_m = partial(X3D, depth_factor=2.2)
 x3d_l = partial(X3D, depth_factor=5.0)
+
+# The names this family registers (`v3d_torch_ref.registry` collects every family's MODELS).
+MODELS = {"x3d_xs": x3d_xs, "x3d_s": x3d_s, "x3d_m": x3d_m, "x3d_l": x3d_l}
