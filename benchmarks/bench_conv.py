@@ -62,15 +62,14 @@ def main(argv=None):
         x, k = jnp.asarray(x_np), jnp.asarray(k_np)
         fns = {}
         for impl in impls:
-            with conv_ops.conv_impl(impl):
-                chosen = conv_ops.select_impl(x, k, strides=strides, groups=groups, dilation=(1, 1, 1))
-                if chosen != impl:
-                    continue
-                f = lambda x, k: conv_ops.conv3d(x, k, strides=strides, padding=pads, groups=groups)
-                fwd = jax.jit(f)
-                bwd = jax.jit(jax.grad(lambda x, k, f=f: jnp.sum(f(x, k) ** 2), argnums=(0, 1)))
-                fwd(x, k).block_until_ready()
-                jax.block_until_ready(bwd(x, k))
+            chosen = conv_ops.select_impl(x, k, strides=strides, groups=groups, dilation=(1, 1, 1), impl=impl)
+            if chosen != impl:
+                continue
+            f = lambda x, k, impl=impl: conv_ops.conv3d(x, k, strides=strides, padding=pads, groups=groups, impl=impl)
+            fwd = jax.jit(f)
+            bwd = jax.jit(jax.grad(lambda x, k, f=f: jnp.sum(f(x, k) ** 2), argnums=(0, 1)))
+            fwd(x, k).block_until_ready()
+            jax.block_until_ready(bwd(x, k))
             fns[impl] = (lambda fwd=fwd: fwd(x, k).block_until_ready(),
                          lambda bwd=bwd: jax.block_until_ready(bwd(x, k)))
         tx = torch.from_numpy(np.ascontiguousarray(x_np.transpose(0, 4, 1, 2, 3))).to(

@@ -51,6 +51,9 @@ def parse_args(argv=None):
     p.add_argument("--remat-tpu", default="", metavar="TOPOLOGY",
                    help="plan the remat search for one chip of this TPU topology (e.g. v5e:2x2, v4:2x2x1), "
                         "compiled deviceless with libtpu; default: this machine")
+    p.add_argument("--conv-impl", default="auto", metavar="NAME",
+                   help="conv formulation of every Flax conv: auto (default), lax, time2d, time2d_lax_grad, "
+                        "im2col or shift_add (v3d_flax.conv); --remat-tpu plans with lax unless one is named")
     p.add_argument("--out", default="benchmarks/results")
     p.add_argument("--suffix", default="", help="appended to the output file names (default: none)")
     args = p.parse_args(argv)
@@ -74,7 +77,13 @@ def main(argv=None):
     import torch
 
     from benchmarks import harness
+    from v3d_flax.archfacts import check_conv_impl
     from v3d_flax.registry import list_models
+
+    try:
+        check_conv_impl(args.conv_impl, "--conv-impl")
+    except ValueError as e:
+        sys.exit(str(e))
 
     if args.device == "gpu" and (jax.default_backend() != "gpu" or not torch.cuda.is_available()):
         sys.exit(f"--device gpu: JAX backend is {jax.default_backend()!r}, torch CUDA available: "

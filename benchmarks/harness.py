@@ -27,7 +27,7 @@ def describe_machine(args) -> str:
     dev = jax.devices()[0].device_kind if args.device == "gpu" else f"{cpu_name()}, {os.cpu_count()} cores"
     return (f"{dev}; jax {jax.__version__} ({jax.default_backend()}), torch {torch.__version__} "
             f"({args.threads} threads); {args.dtype}; batch {args.batch}; {args.rounds} alternating rounds x "
-            f"{args.steps} step(s), medians; conv impl {os.environ.get('V3D_CONV_IMPL', 'auto')}")
+            f"{args.steps} step(s), medians; conv impl {args.conv_impl}")
 
 
 def _sync(args):
@@ -80,23 +80,24 @@ def _memory(compiled) -> int | None:
     return int(m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes - m.alias_size_in_bytes)
 
 
-def flax_steps(name, clip, batch, args, *, remat=False, abstract=False, sharding=None):
+def flax_steps(name, clip, batch, args, *, remat=False, abstract=False, sharding=None, conv_impl=None):
     """Compiled Flax train and inference steps with their operands: {"train": (fn, operands), ...}.
     With abstract=True, only the compiled train step (for memory analysis), operands as shapes
     (placed by `sharding`, e.g. on a TPU chip to compile for; default: this machine); nothing is
-    initialised."""
+    initialised. The convs use `conv_impl` (default: --conv-impl)."""
     import jax
     import jax.numpy as jnp
     import optax
     from flax import nnx
 
+    from v3d_flax.layers import set_conv_impl
     from v3d_flax.train.state import build_model
 
     t, h, w = clip
     def build():
         return build_model(name, num_classes=args.num_classes, num_frames=t, crop_size=h, seed=0, remat=remat)
 
-    model = nnx.eval_shape(build) if abstract else build()
+    model = set_conv_impl(nnx.eval_shape(build) if abstract else build(), conv_impl or args.conv_impl)
     cdt = jnp.bfloat16 if args.dtype == "bf16" else jnp.float32
     tx = optax.sgd(0.01, momentum=0.9)
     model.train()
@@ -246,16 +247,12 @@ def remat_batches(args, name="r3d_18", clip=(16, 112, 112), sharding=None) -> di
     (XLA memory analysis of compiled steps: a guess from batches 8 and 16, then bracketed and bisected).
     With --remat-tpu the steps are compiled for one chip of that TPU topology, without a TPU
     (`sharding`: `tpu_chip_sharding(args.remat_tpu)`, made here if not given)."""
-    import contextlib
-
-    from v3d_flax.conv import conv_impl
-
     budget = int(args.remat_budget_gib * 2 ** 30)
     target = getattr(args, "remat_tpu", "")
     if target and sharding is None:
         sharding = tpu_chip_sharding(target)
     # "auto" decides by the backend tracing runs on (CPU here); a TPU gets XLA's native conv
-    formulation = (lambda: conv_impl("lax")) if target else contextlib.nullcontext
+    conv_impl = "lax" if target and args.conv_impl == "auto" else args.conv_impl
     result = {"model": name, "clip": "x".join(map(str, clip)), "budget_bytes": budget,
               "platform": f"tpu {target} (one chip, compiled deviceless)" if target else "this machine"}
     for remat in (False, True):
@@ -264,8 +261,8 @@ def remat_batches(args, name="r3d_18", clip=(16, 112, 112), sharding=None) -> di
         def mem(b):
             if b not in cache:
                 try:
-                    with formulation():
-                        compiled = flax_steps(name, clip, b, args, remat=remat, abstract=True, sharding=sharding)
+                    compiled = flax_steps(name, clip, b, args, remat=remat, abstract=True, sharding=sharding,
+                                          conv_impl=conv_impl)
                     cache[b] = _memory(compiled)
                 except Exception as e:  # XLA's TPU compiler refuses a plan larger than the chip's memory
                     if "RESOURCE_EXHAUSTED" not in str(e):

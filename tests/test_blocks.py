@@ -8,6 +8,7 @@ import torch
 from flax import nnx
 
 from parity import ncdhw_to_ndhwc, randomize_batchnorm, rel_err
+from v3d_flax import archfacts
 from v3d_flax import blocks as fb
 from v3d_flax import port
 from v3d_torch_ref import blocks as tb
@@ -67,9 +68,11 @@ def test_residual_downsample_temporal_controls_time_stride():
 
 def test_spatiotemporal_mid_channels_match_3d_parameters():
     # torchvision's formula: layer2.0.conv2 of R(2+1)D-18 is 128 -> 230 -> 128
-    assert fb.midplanes(64, 128) == 230 == tb.midplanes(64, 128)
-    counts = fb.conv_param_counts(64, 64)
-    assert counts == tb.conv_param_counts(64, 64)
+    assert archfacts.midplanes(64, 128) == 230
+    flax_block = nnx.eval_shape(lambda: fb.Residual3DBlock(64, 128, 2, conv="2plus1d", rngs=nnx.Rngs(0)))
+    assert flax_block.conv2[0][0].kernel.shape[-1] == 230
+    assert tb.Residual3DBlock(64, 128, 2, conv="2plus1d").conv2[0][0].weight.shape[0] == 230
+    counts = archfacts.conv_param_counts(64, 64)
     assert counts["2d"] * 3 == counts["3d"]
     assert abs(counts["(2+1)d"] - counts["3d"]) / counts["3d"] < 0.01
 

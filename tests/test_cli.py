@@ -79,7 +79,7 @@ def r3d_weights(tmp_path_factory):
 def api_model(weights, name, recipe):
     """The Python API's path: load the checkpoint into the model (bit-exactness of that is tested in
     test_cli_convert.py), in eval mode."""
-    from v3d_flax.convert import load_model
+    from v3d_flax.checkpoints import load_model
 
     return load_model(name, weights, recipe=recipe)
 
@@ -221,7 +221,7 @@ def test_predict_cli_text_output_all_ok(videos, r3d_weights, capsys):
 
 def test_predict_names_the_classes_a_training_run_recorded(videos, tmp_path, capsys):
     from v3d_flax import create_model
-    from v3d_flax.convert import save_checkpoint
+    from v3d_flax.checkpoints import save_checkpoint
 
     names = [f"motion {i}" for i in range(8)]
     run = tmp_path / "run"
@@ -276,12 +276,12 @@ def test_predict_takes_a_directory_and_reports_progress_on_stderr(videos, r3d_we
 
 
 def test_predict_checks_its_inputs_before_loading_the_model(r3d_weights, videos, monkeypatch, capsys):
-    from v3d_flax import convert
+    from v3d_flax import checkpoints
 
     def fail(*args, **kwargs):
         raise AssertionError("the model was loaded before the inputs were checked")
 
-    monkeypatch.setattr(convert, "load_model", fail)
+    monkeypatch.setattr(checkpoints, "load_model", fail)
     with pytest.raises(SystemExit) as e:
         predict_cli.main(["--model", "r3d_18", "--weights", r3d_weights[0], videos["mp4"], "missing.mp4"])
     assert e.value.code == 2 and "no such file or directory: missing.mp4" in capsys.readouterr().err

@@ -9,8 +9,9 @@ import pytest
 import torch
 from flax import nnx
 
-from v3d_flax import convert
+from v3d_flax import checkpoints, convert
 from v3d_flax.port import to_torch
+from v3d_flax.preprocessing import Recipe
 from v3d_torch_ref.registry import create_model as create_torch_model
 
 
@@ -60,10 +61,10 @@ def test_flax_checkpoint_loads_the_same_model(mc3_pth, tmp_path):
     src, _ = mc3_pth
     dest = str(tmp_path / "m.safetensors")
     assert convert.main(["--model", "mc3_18", "--from", src, "--to", dest]) == 0
-    a, b = convert.load_model("mc3_18", src), convert.load_model("mc3_18", dest)
-    sa, sb = convert.flax_state(a), convert.flax_state(b)
+    a, b = checkpoints.load_model("mc3_18", src), checkpoints.load_model("mc3_18", dest)
+    sa, sb = checkpoints.flax_state(a), checkpoints.flax_state(b)
     assert sa.keys() == sb.keys() and all(np.array_equal(sa[k], sb[k]) for k in sa)
-    assert convert.infer_num_classes("mc3_18", {k: v.shape for k, v in sa.items()}, kind="flax") == 5
+    assert checkpoints.infer_num_classes("mc3_18", {k: v.shape for k, v in sa.items()}, kind="flax") == 5
 
 
 def test_public_source_naming(tmp_path):
@@ -84,11 +85,11 @@ def test_c3d_clip_size_travels_with_the_checkpoint(tmp_path):
     torch.save(model.state_dict(), src)
     # a torch file carries no clip size: fc6's shape does not fit the default 112 crop
     assert convert.main(["--model", "c3d", "--from", str(src), "--to", str(tmp_path / "x")]) == 1
-    flax_model = convert.blank_model("c3d", 4, convert._recipe_of(type("C", (), {"num_frames": 16, "crop_size": 32})))
+    flax_model = checkpoints.blank_model("c3d", 4, Recipe(frames=16, rate=1, resize=32, crop=32))
     from v3d_flax.port import from_torch
 
     from_torch(flax_model, model.state_dict())
-    convert.save_checkpoint(flax_model, tmp_path / "c3d_flax")
+    checkpoints.save_checkpoint(flax_model, tmp_path / "c3d_flax")
     assert convert.main(["--model", "c3d", "--from", str(tmp_path / "c3d_flax"), "--to", str(tmp_path / "b.pth")]) == 0
     assert_state_dicts_identical(model.state_dict(), torch.load(tmp_path / "b.pth", weights_only=True))
 

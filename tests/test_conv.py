@@ -1,11 +1,14 @@
-"""Every conv3d formulation equals lax.conv_general_dilated, forward and gradients."""
+"""Every conv3d formulation equals lax.conv_general_dilated, forward and gradients; Conv3d computes
+with the formulation its `impl` field names."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 from v3d_flax import conv as conv_ops
+from v3d_flax import layers
 
 # (x shape NDHWC, kernel DHWIO, strides, padding, groups, dilation)
 CASES = [
@@ -57,10 +60,10 @@ def test_formulation_equals_lax_forward_and_gradients(impl, case):
     x, k = _operands(case)
     kw = dict(strides=strides, padding=padding, groups=groups, dilation=dilation)
     ref = lambda x, k: conv_ops.conv3d_lax(x, k, **kw)
-    with jax.default_matmul_precision("float32"), conv_ops.conv_impl(impl):
-        f = lambda x, k: conv_ops.conv3d(x, k, **kw)
+    with jax.default_matmul_precision("float32"):
+        f = lambda x, k: conv_ops.conv3d(x, k, **kw, impl=impl)
         assert impl == "auto" or conv_ops.select_impl(x, k, strides=strides, groups=groups,
-                                                      dilation=dilation) == impl
+                                                      dilation=dilation, impl=impl) == impl
 
         @jax.jit  # one compile for both formulations, forward and gradients
         def both(x, k):
@@ -76,34 +79,53 @@ def test_formulation_equals_lax_forward_and_gradients(impl, case):
 
 def test_auto_selection_on_cpu():
     x = jnp.zeros((1, 4, 16, 16, 8))
-    sel = lambda k, groups=1, strides=(1, 1, 1): conv_ops.select_impl(x, jnp.zeros(k), strides=strides,
-                                                                      groups=groups, dilation=(1, 1, 1))
+    sel = lambda k, groups=1, strides=(1, 1, 1), impl="auto": conv_ops.select_impl(
+        x, jnp.zeros(k), strides=strides, groups=groups, dilation=(1, 1, 1), impl=impl)
     assert jax.default_backend() == "cpu"
     assert sel((3, 3, 3, 1, 8), groups=8) == "shift_add"
     assert sel((3, 3, 3, 8, 8)) == sel((1, 3, 3, 8, 8)) == "time2d_lax_grad"  # stride 1, spatial kernel
     assert sel((3, 3, 3, 8, 8), strides=(2, 2, 2)) == sel((3, 1, 1, 8, 8)) == "time2d"
     assert conv_ops.select_impl(jnp.zeros((1, 4, 16, 16, 3)), jnp.zeros((3, 7, 7, 3, 8)), strides=(1, 1, 1),
                                 groups=1, dilation=(1, 1, 1)) == "im2col"
-    with conv_ops.conv_impl("lax"):
-        assert sel((3, 3, 3, 1, 8), groups=8) == "lax"
-    with conv_ops.conv_impl("shift_add"):  # does not apply to a dense conv: falls back to auto
-        assert sel((3, 3, 3, 8, 8)) == "time2d_lax_grad"
-    with conv_ops.conv_impl("time2d"):
-        assert sel((3, 3, 3, 8, 8)) == "time2d"
+    assert sel((3, 3, 3, 1, 8), groups=8, impl="lax") == "lax"
+    assert sel((3, 3, 3, 8, 8), impl="shift_add") == "time2d_lax_grad"  # not a depthwise conv: auto's pick
+    assert sel((3, 3, 3, 8, 8), impl="time2d") == "time2d"
 
 
-def test_environment_override(monkeypatch):
+def _conv_primitives(module, x):
+    """(primitive name, operand rank) of every conv, matmul and custom-derivative call in module(x)'s trace."""
+    eqns = jax.make_jaxpr(lambda x: module(x))(x).jaxpr.eqns  # a new function: traced afresh
+    return [(e.primitive.name, e.invars[0].aval.ndim) for e in eqns
+            if e.primitive.name in ("conv_general_dilated", "dot_general") or "custom_vjp" in e.primitive.name]
+
+
+def test_conv3d_layer_computes_with_its_impl_field_and_set_conv_impl_changes_it():
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((1, 4, 8, 8, 8)), jnp.float32)
+    conv = layers.Conv3d(8, 8, 3, padding=1, impl="lax", rngs=nnx.Rngs(0))
+    assert _conv_primitives(conv, x) == [("conv_general_dilated", 5)]  # one native 3D conv
+    want = conv(x)
+    model = layers.Sequential([conv, layers.Conv3d(8, 8, 3, padding=1, rngs=nnx.Rngs(1))])
+    assert model[1].impl == "auto"
+    assert layers.set_conv_impl(model, "time2d") is model
+    assert [m.impl for m in model] == ["time2d", "time2d"]
+    assert _conv_primitives(conv, x) == [("conv_general_dilated", 4)] * 3  # one 2D conv per temporal tap
+    np.testing.assert_allclose(np.asarray(conv(x)), np.asarray(want), rtol=1e-4, atol=1e-4)
+    layers.set_conv_impl(model, "auto")  # on CPU: time2d_lax_grad, a custom_vjp around the 2D convs
+    assert _conv_primitives(conv, x) == [("custom_vjp_call", 5)]
+
+
+def test_unknown_conv_impl_is_refused_with_the_choices():
     x, k = jnp.zeros((1, 4, 8, 8, 4)), jnp.zeros((3, 3, 3, 4, 4))
-    monkeypatch.setenv("V3D_CONV_IMPL", "lax")
-    assert conv_ops.select_impl(x, k, strides=(1, 1, 1), groups=1, dilation=(1, 1, 1)) == "lax"
-    with conv_ops.conv_impl("time2d"):  # the context manager wins over the variable
-        assert conv_ops.select_impl(x, k, strides=(1, 1, 1), groups=1, dilation=(1, 1, 1)) == "time2d"
-    monkeypatch.setenv("V3D_CONV_IMPL", "fast")
-    with pytest.raises(ValueError, match="V3D_CONV_IMPL"):
-        conv_ops.conv3d(x, k, strides=(1, 1, 1), padding=((1, 1),) * 3)
-    with pytest.raises(ValueError, match="unknown conv implementation"):
-        with conv_ops.conv_impl("fast"):
-            pass
+    model = layers.Sequential([layers.Conv3d(4, 4, 3, padding=1, rngs=nnx.Rngs(0))])
+    with pytest.raises(ValueError, match=r"set_conv_impl: unknown conv implementation 'fast'; expected one of auto, lax"):
+        layers.set_conv_impl(model, "fast")
+    assert model[0].impl == "auto"
+    with pytest.raises(ValueError, match=r"Conv3d\(impl=...\): unknown conv implementation"):
+        layers.Conv3d(4, 4, 3, impl="fast", rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="unknown conv implementation 'fast'"):
+        conv_ops.conv3d(x, k, strides=(1, 1, 1), padding=((1, 1),) * 3, impl="fast")
+    with pytest.raises(TypeError, match="nnx.Module"):
+        layers.set_conv_impl({"conv": model}, "lax")
 
 
 def test_bad_operands_are_refused():
@@ -112,5 +134,6 @@ def test_bad_operands_are_refused():
         conv_ops.conv3d(x, jnp.zeros((3, 3, 3, 3, 4)), strides=(1, 1, 1), padding=((1, 1),) * 3)
     with pytest.raises(ValueError, match="NDHWC"):
         conv_ops.conv3d(x[0], jnp.zeros((3, 3, 3, 4, 4)), strides=(1, 1, 1), padding=((1, 1),) * 3)
-    with conv_ops.conv_impl("time2d"), pytest.raises(ValueError, match="frames"):
-        conv_ops.conv3d(x[:, :1], jnp.zeros((3, 3, 3, 4, 4)), strides=(1, 1, 1), padding=((0, 0),) * 3)
+    with pytest.raises(ValueError, match="frames"):
+        conv_ops.conv3d(x[:, :1], jnp.zeros((3, 3, 3, 4, 4)), strides=(1, 1, 1), padding=((0, 0),) * 3,
+                        impl="time2d")

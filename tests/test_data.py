@@ -192,7 +192,7 @@ def test_centre_view_is_the_normalised_centre_of_the_stored_clip(data_dir):
     # crop 21: one-crop evaluation resizes the short side to round(21 * 8/7) = 24, the stored size.
     source = data.open_source(TINY, data_dir)
     batch = next(data.eval_batches(TINY, data_dir=data_dir, batch_size=4, num_frames=6, crop_size=21,
-                                   model_name="i3d"))
+                                   normalization=model_spec("i3d").normalization))
     import tensorflow as tf
 
     video, label = source.parse(source.reader("test")[0])
@@ -299,7 +299,7 @@ def test_any_tfds_video_dataset_with_a_class_label_works(tmp_path):
     assert (info.num_classes, info.num_train, info.num_eval, info.eval_split) == (3, 9, 4, "validation")
     assert (info.video_key, info.label_key, info.hflip_label_map) == ("clip", "action", None)
     batch = next(data.train_batches("v3d_test_videos", data_dir=tmp_path, global_batch_size=4, num_frames=4,
-                                    crop_size=16, model_name="i3d", seed=0))
+                                    crop_size=16, normalization=model_spec("i3d").normalization, seed=0))
     assert batch["video"].shape == (4, 4, 16, 16, 3)
     # Every clip is 4 consecutive frames of its video: grey levels 20 t + 5 label for t = start .. start + 3.
     levels = np.round((batch["video"][:, :, 8, 8, 0] + 1) / 2 * 255)
@@ -307,11 +307,11 @@ def test_any_tfds_video_dataset_with_a_class_label_works(tmp_path):
     assert np.array_equal(levels, 20 * (starts[:, None] + np.arange(4)) + 5 * batch["label"][:, None])
     # Evaluation: 2 uniformly spaced clips per video; a clip longer than a video repeats its last frame.
     views = list(data.eval_batches("v3d_test_videos", data_dir=tmp_path, batch_size=8, num_frames=10,
-                                   crop_size=16, model_name="i3d", clips=2))
+                                   crop_size=16, normalization=model_spec("i3d").normalization, clips=2))
     first = np.round((views[0]["video"][0, :, 8, 8, 0] + 1) / 2 * 255)  # video 0: 8 frames, label 0
     assert np.array_equal(first, np.minimum(np.arange(10), 7) * 20)
     short = list(data.eval_batches("v3d_test_videos", data_dir=tmp_path, batch_size=2, num_frames=4, crop_size=16,
-                                   model_name="i3d", clips=2))
+                                   normalization=model_spec("i3d").normalization, clips=2))
     clip0, clip1 = (np.round((short[0]["video"][j, :, 8, 8, 0] + 1) / 2 * 255) / 20 for j in (0, 1))
     assert clip0[0] == 1 and clip1[0] == 3  # free range 0..4 of an 8-frame video: starts at 1/4 and 3/4
 
@@ -341,3 +341,17 @@ def test_data_cli_describes_a_prepared_dataset_and_explains_a_missing_one(data_d
     assert "8 classes, 64 training videos (train), 16 evaluation videos (test)" in capsys.readouterr().out
     assert main(["info", "ucf101", "--data-dir", str(tmp_path)]) == 1
     assert "python -m v3d_flax.data prepare ucf101 --data-dir DIR" in capsys.readouterr().err
+
+
+def test_tensorflow_is_kept_off_the_gpus_when_a_source_is_opened_not_at_import(data_dir):
+    import subprocess
+    import sys
+
+    code = ("import sys, tensorflow as tf; calls = []; "
+            "tf.config.set_visible_devices = lambda devices, kind=None: calls.append((list(devices), kind)); "
+            "from v3d_flax.data import pipeline, sources; print(calls); "
+            "sources.open_source(sys.argv[1], data_dir=sys.argv[2]); sources.dataset_info(sys.argv[1], sys.argv[2]); "
+            "print(calls)")
+    done = subprocess.run([sys.executable, "-c", code, TINY, data_dir], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split("\n")[:2] == ["[]", "[([], 'GPU')]"]

@@ -84,7 +84,7 @@ def _frame_and_clip(t, size, seed=0):
 
 def _inflated(name, state_dict, num_classes=7):
     model = flax_model_without_init(name, num_classes=num_classes)  # NaN until inflated: all must land
-    port.inflate_2d(model, state_dict, source="torchvision")
+    port.inflate_2d(model, state_dict, source="imagenet-2d")
     model.eval()
     return model
 
@@ -204,3 +204,27 @@ def test_bad_input_is_refused_and_leaves_the_model_untouched(resnet2d):
         port.inflate_2d(nnx.eval_shape(lambda: v3d_flax.create_model("r3d_18", num_classes=7, rngs=nnx.Rngs(0))), sd)
     with pytest.raises(ValueError, match="unknown inflation source"):
         port.inflate_2d(model, sd, source="timm")
+
+
+def test_load_weights_and_the_cli_inflate(resnet2d, tmp_path):
+    """The "imagenet-2d" source through port.load_weights (strict or not) and `convert --source imagenet-2d`."""
+    from v3d_flax import checkpoints, convert
+
+    sd = resnet2d.state_dict()
+    model = flax_model_without_init("c2d_r50", num_classes=400)
+    with pytest.raises(port.PortError, match="pass head=False"):
+        port.load_weights(model, sd, source="imagenet-2d")
+    report = port.load_weights(model, sd, source="imagenet-2d", strict=False)  # all but the 7-class head
+    assert [m.split(" ")[0] for m in report.mismatched] == ["fc.weight", "fc.bias"] and not report.missing
+    expected = port.to_torch(_inflated("c2d_r50", sd))
+    got = port.to_torch(model)
+    assert np.array_equal(got["blocks.4.res_blocks.0.branch2.conv_a.weight"].numpy(),
+                          expected["blocks.4.res_blocks.0.branch2.conv_a.weight"].numpy())
+    src = tmp_path / "resnet50.pth"
+    torch.save(sd, src)
+    dest = tmp_path / "c2d.safetensors"
+    assert convert.main(["--model", "c2d_r50", "--source", "imagenet-2d", "--from", str(src), "--to", str(dest)]) == 0
+    loaded = port.to_torch(checkpoints.load_model("c2d_r50", dest))  # 7 classes, read from the 2D fc
+    assert loaded.keys() == expected.keys()
+    for key in expected:
+        np.testing.assert_array_equal(loaded[key].numpy(), expected[key].numpy(), err_msg=key)

@@ -108,7 +108,7 @@ def _googlenet_state(num_classes=1000, seed=0):
 def test_googlenet_inflates_into_i3d():
     net, state = _googlenet_state()
     fm = flax_model_without_init("i3d", num_classes=1000)  # NaN until inflated: every weight must land
-    assert not port.inflate_2d(fm, state, source="torchvision")
+    assert not port.inflate_2d(fm, state, source="torchvision")  # the former name of "imagenet-2d"
     w2d = net.conv1.conv.weight.detach().numpy()  # (64, 3, 7, 7) -> Flax (7, 7, 7, 3, 64), each slice / 7
     kernel = np.asarray(fm.Conv3d_1a_7x7.conv3d.kernel[...])
     for t in range(7):
@@ -145,7 +145,7 @@ def test_boring_video_gives_the_2d_network_output():
         ref_logits = net(torch.from_numpy(frame)).numpy()
     clip = np.repeat(np.transpose(frame, (0, 2, 3, 1))[:, None], 96, axis=1)  # (1, 96, 32, 32, 3)
     with jax.default_matmul_precision("float32"):
-        got_map, got_logits = jitted_forward(fm, jnp.asarray(clip), "feature_map", "time_logits")
+        got_map, got_logits = jitted_forward(fm, jnp.asarray(clip), "forward_map", "time_logits")
         got_map = got_map[:, :, 0, 0]  # (1, 12, 1024); logits (1, 11, 10)
     assert got_map.shape == (1, 12, 1024) and got_logits.shape == (1, 11, 10)
     for t in (5, 6):  # the centre of the 12 Mixed_5c positions

@@ -88,10 +88,11 @@ def test_no_top_level_import_of_optional_packages():
         for name in ["v3d_flax", "v3d_flax.registry", "v3d_flax.layers", "v3d_flax.conv", "v3d_flax.blocks",
                      "v3d_flax.models.c3d", "v3d_flax.models.resnet3d", "v3d_flax.models.i3d",
                      "v3d_flax.models.resnet50", "v3d_flax.models.slowfast", "v3d_flax.models.x3d",
-                     "v3d_flax.port", "v3d_flax.port.core", "v3d_flax.port.checkpoint", "v3d_flax.port.keymaps",
-                     "v3d_flax.port.inflate", "v3d_flax.port.tf_checkpoint", "v3d_flax.predict",
-                     "v3d_flax.features", "v3d_flax.convert", "v3d_flax.video", "v3d_flax.summary",
-                     "v3d_flax.data", "v3d_flax.data.normalization", "v3d_flax.data.metrics", "v3d_flax.extras"]:
+                     "v3d_flax.port", "v3d_flax.port.core", "v3d_flax.port.checkpoint", "v3d_flax.port.sources",
+                     "v3d_flax.port.inflate", "v3d_flax.port.tf_checkpoint", "v3d_flax.port.load", "v3d_flax.predict",
+                     "v3d_flax.features", "v3d_flax.convert", "v3d_flax.checkpoints", "v3d_flax.video", "v3d_flax.summary",
+                     "v3d_flax.data", "v3d_flax.data.metrics", "v3d_flax.extras", "v3d_flax.preprocessing",
+                     "v3d_flax.records.c3d"]:
             importlib.import_module(name)
         print("ok")
     """)

@@ -93,15 +93,16 @@ COLLECTIVES = textwrap.dedent("""
     import jax, numpy as np
     from flax import nnx
     from v3d_flax.train.config import TrainConfig, resolve
-    from v3d_flax.train import mesh as M, state as S, steps as St
+    from v3d_flax.train import mesh as M, parallel as P, state as S, steps as St
     config = resolve(TrainConfig(model="r3d_18", workdir="-", num_frames=4, crop_size=16, batch_size=8))
     model = S.build_model("r3d_18", num_classes=5, num_frames=4, crop_size=16, seed=0)
     defs, mstate = S.split_model(model)
     tx, schedule = S.build_optimizer(config, 10)
-    mesh = M.make_mesh(jax.devices())
+    layout = P.data_parallel("jit", jax.devices())
+    mesh = layout.mesh
     state = jax.device_put(S.init_state(mstate, tx), M.replicated(mesh))
-    step = St.jit_train_step(St.make_train_step(defs, tx, schedule, num_classes=5, label_smoothing=0.1,
-                                                precision="fp32"), mesh)
+    step = layout.compile(St.make_train_step(defs, tx, schedule, num_classes=5, label_smoothing=0.1,
+                                             precision="fp32"))
     batch = M.to_global({"video": np.zeros((8, 4, 16, 16, 3), np.float32), "label": np.zeros(8, np.int32)}, mesh)
     hlo = step.lower(state, batch).compile().as_text()
     ops = []

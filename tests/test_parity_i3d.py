@@ -45,7 +45,7 @@ def test_i3d_rejects_bad_input():
     with pytest.raises(ValueError, match="NDHWC"):
         model(jnp.zeros((8, 32, 32, 3)))
     with pytest.raises(ValueError, match="endpoint"):
-        model.feature_map(jnp.zeros((1, 8, 32, 32, 3)), "Mixed_6a")
+        model.forward_map(jnp.zeros((1, 8, 32, 32, 3)), "Mixed_6a")
 
 
 # (input T, H, W), kernel, stride: odd and even sizes, stride 1 and 2, as in I3D's layers.

@@ -58,10 +58,10 @@ def test_fixed_head_pool_kernels_match_reference_and_global_pool_at_their_size()
     (blocks 5 and 6) on random final maps: the full model's wiring of the kernels is pinned by
     test_pytorchvideo_head_kernels_fit_224_and_slide_at_256."""
     rng = np.random.RandomState(1)
-    tm, fm = build_pair("slowfast_r50", num_classes=5, head_pool_kernels=((2, 1, 1), (8, 1, 1)))
+    tm, fm = build_pair("slowfast_r50", num_classes=5, head_pool_kernel=((2, 1, 1), (8, 1, 1)))
 
     def logits(maps, kernels):  # the same head weights under fixed kernels, or global pooling (None)
-        tm.blocks[5].pool_kernels = fm.blocks[5].pool_kernels = kernels
+        tm.blocks[5].pool_kernel = fm.blocks[5].pool_kernel = kernels
         return head_pair(tm, fm, maps, 5)
 
     def final_maps(slow_frames, fast_frames):  # post-ReLU res5 maps: 2048 slow, 256 fast channels
@@ -107,13 +107,19 @@ def test_slowfast_rejects_bad_input():
 
 def test_pytorchvideo_head_kernels_fit_224_and_slide_at_256():
     model = nnx.eval_shape(lambda: v3d_flax.create_model(
-        "slowfast_r50", num_classes=400, head_pool_kernels=v3d_flax.registry.model_spec("slowfast_r50").head_pool_kernel, rngs=nnx.Rngs(0)))
+        "slowfast_r50", num_classes=400, head_pool_kernel=v3d_flax.registry.model_spec("slowfast_r50").head_pool_kernel,
+        rngs=nnx.Rngs(0)))
     graphdef, state = nnx.split(model)
 
     def pooled_shape(size):
         xs = (jax.ShapeDtypeStruct((1, 8, size, size, 3), jnp.float32),
               jax.ShapeDtypeStruct((1, 32, size, size, 3), jnp.float32))
-        return jax.eval_shape(lambda s, x: nnx.merge(graphdef, s).forward_pooled(x), state, xs).shape
+
+        def pooled(s, x):  # the head's pool (blocks.5) of the final maps
+            model = nnx.merge(graphdef, s)
+            return model.blocks[5](model.forward_map(x))
+
+        return jax.eval_shape(pooled, state, xs).shape
 
     assert pooled_shape(224) == (1, 1, 1, 1, 2304)  # one window: global pooling
     assert pooled_shape(256) == (1, 1, 2, 2, 2304)  # PyTorchVideo's 256 test crops: 2x2 overlapping windows

@@ -9,9 +9,9 @@ from flax import nnx
 
 import v3d_flax
 from parity import build_pair, check_parity, head_pair, rel_err
+from v3d_flax.records.x3d import x3d_dims
 from v3d_flax.models import x3d as flax_x3d
 import v3d_torch_ref
-from v3d_torch_ref.models import x3d as torch_x3d
 
 
 def torch_x3d_create(name):
@@ -65,7 +65,8 @@ def test_x3d_structure_follows_pytorchvideo():
     assert model.blocks[2].res_blocks[0].branch1_norm is not None
     assert model.blocks[5].pool.pre_conv.kernel.shape[-2:] == (192, 432)
     assert model.blocks[5].pool.post_conv.kernel.shape[-2:] == (432, 2048)
-    assert flax_x3d.x3d_dims(depth_factor=5.0) == torch_x3d.x3d_dims(depth_factor=5.0)
+    # X3D-L (depth factor 5): 5, 10, 25, 15 blocks at create_x3d's widths
+    assert x3d_dims(depth_factor=5.0) == (24, [(5, 54, 24), (10, 108, 48), (25, 216, 96), (15, 432, 192)])
 
 
 def test_fixed_head_pool_kernel_matches_reference_and_global_pool_at_its_size():
@@ -117,5 +118,5 @@ def test_pytorchvideo_head_kernel_is_the_final_map_of_its_build_clip(arch, frame
                                                          rngs=nnx.Rngs(0)))
     graphdef, state = nnx.split(model)
     x = jax.ShapeDtypeStruct((1, frames, crop, crop, 3), jnp.float32)
-    trunk = jax.eval_shape(lambda s, x: nnx.merge(graphdef, s)._trunk(x), state, x)
+    trunk = jax.eval_shape(lambda s, x: nnx.merge(graphdef, s).forward_map(x), state, x)
     assert trunk.shape[1:4] == kernel

@@ -233,3 +233,25 @@ def test_tf_checkpoint_errors(tf_checkpoint):
                                 rgb_only)
     with pytest.raises(ValueError, match="not a DeepMind I3D checkpoint"):
         port.from_tf_checkpoint(fm, {"global_step": np.int64(1)})
+
+
+def test_tf_checkpoint_through_load_weights_and_the_cli(tf_checkpoint, tmp_path):
+    """The "deepmind-tf" source: port.load_weights(..., scope=) is from_tf_checkpoint, and
+    `convert --source deepmind-tf` turns a one-scope checkpoint (as DeepMind ships them) into a .pth."""
+    import tensorflow as tf
+
+    from v3d_flax import convert
+
+    path, rgb, _, variables = tf_checkpoint
+    fm = flax_model_without_init("i3d", num_classes=400)
+    assert not port.load_weights(fm, path, source="deepmind-tf", scope="RGB")
+    assert np.array_equal(port.to_torch(fm)["Mixed_4c.b1b.conv3d.weight"].numpy(),
+                          rgb.state_dict()["Mixed_4c.b1b.conv3d.weight"].numpy())
+    rgb_only = {k: tf.Variable(v) for k, v in variables.items() if k.startswith("RGB/")}
+    prefix = tf.compat.v1.train.Saver(var_list=rgb_only).save(None, str(tmp_path / "rgb" / "model.ckpt"))
+    dest = tmp_path / "i3d.pth"
+    assert convert.main(["--model", "i3d", "--source", "deepmind-tf", "--from", prefix, "--to", str(dest)]) == 0
+    converted = torch.load(dest, weights_only=True)
+    assert list(converted) == list(rgb.state_dict())  # the reference's key order
+    for key, value in rgb.state_dict().items():
+        assert torch.equal(converted[key], value), key

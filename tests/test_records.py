@@ -67,3 +67,18 @@ def test_reading_the_records_imports_no_jax():
     code = ("import sys, v3d_flax.registry as r; specs = [r.model_spec(n) for n in r.list_models()]; "
             "assert not [m for m in ('jax', 'flax', 'numpy', 'torch') if m in sys.modules], sorted(sys.modules)")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_a_records_key_rules_rename_its_checkpoints(monkeypatch):
+    """A family whose publisher names a layer differently says so in its record, not in the port layer."""
+    from v3d_flax import registry
+    from v3d_flax.port import rename_keys
+
+    spec = model_spec("r3d_18")
+    renamed = dataclasses.replace(spec, key_rules={"torchvision": ((r"head\.(weight|bias)", r"fc.\1"),
+                                                                    (r"num_batches_seen", None))})
+    monkeypatch.setitem(registry._SPECS, "r3d_18", renamed)
+    assert rename_keys({"head.weight": 1, "num_batches_seen": 2, "stem.0.weight": 3}, "torchvision", "r3d_18") == {
+        "fc.weight": 1, "stem.0.weight": 3}
+    with pytest.raises(ValueError, match="not among its sources"):
+        dataclasses.replace(spec, key_rules={"pytorchvideo": ()})

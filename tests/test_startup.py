@@ -8,7 +8,7 @@ from flax import nnx
 from jax import monitoring
 
 import v3d_flax
-from v3d_flax import convert, layers
+from v3d_flax import checkpoints, layers
 from v3d_flax.registry import abstract_model
 
 LOWERING_EVENT = "/jax/core/compile/jaxpr_to_mlir_module_duration"  # once per program, cached on disk or not
@@ -92,12 +92,12 @@ def test_create_model_compiles_a_fixed_number_of_programs(programs):
 
 
 def test_loading_a_checkpoint_draws_no_random_weights(tmp_path, programs, monkeypatch):
-    source = convert.blank_model("x3d_xs", 7)
+    source = checkpoints.blank_model("x3d_xs", 7)
     rng = np.random.default_rng(0)
     for _, var in nnx.to_flat_state(nnx.state(source, nnx.Param)):
         var.set_value(jax.device_put(rng.standard_normal(var.get_value().shape).astype(np.float32)))
     path = tmp_path / "x3d_xs.safetensors"
-    convert.save_checkpoint(source, path)
+    checkpoints.save_checkpoint(source, path)
 
     draws = []
     real_draw = layers._draw_rows
@@ -109,11 +109,11 @@ def test_loading_a_checkpoint_draws_no_random_weights(tmp_path, programs, monkey
     monkeypatch.setattr(layers, "_draw_rows", watched)
     jax.clear_caches()
     with programs:
-        model = convert.load_model("x3d_xs", path)
+        model = checkpoints.load_model("x3d_xs", path)
         jax.block_until_ready(nnx.state(model))
     assert not draws
     assert programs.count <= 6, programs.count  # the RNG streams' seed, fold_in, counter: none per weight
-    assert_identical(convert.flax_state(model), convert.flax_state(source))
+    assert_identical(checkpoints.flax_state(model), checkpoints.flax_state(source))
 
 
 def test_abstract_model_has_eval_shapes_structure():

@@ -30,3 +30,23 @@ def test_cli_prints_the_table_and_the_conv_comparison(capsys):
     out = capsys.readouterr().out
     assert "| mc3_18 | 16x112x112 | 11,695,440 | 43.34 |" in out
     assert "| 64 | 36,864 | 110,592 | 110,592 (144) | 3x |" in out
+
+
+def test_macs_are_read_off_the_trace_without_patching_the_layers():
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from v3d_flax import layers
+
+    calls = (layers.Conv3d.__call__, layers.Linear.__call__)
+    conv = layers.Conv3d(6, 4, (3, 1, 3), padding=1, groups=2, impl="lax", rngs=nnx.Rngs(0))
+    fc = layers.Linear(4, 5, rngs=nnx.Rngs(0))
+    x = jax.ShapeDtypeStruct((2, 5, 7, 7, 6), jnp.float32)
+    # conv: 2x5x9x7 outputs x 4 channels, each 3 input channels x 9 taps; linear: 2x5 outputs x 4 inputs
+    want = 2 * 5 * 9 * 7 * 4 * 3 * 9 + 2 * 5 * 4
+    forward = lambda x: fc(jnp.mean(conv(x), axis=(1, 2, 3)))
+    assert summary.count_macs(jax.make_jaxpr(forward)(x)) == want
+    assert summary.count_macs(jax.make_jaxpr(jax.jit(jax.checkpoint(forward)))(x)) == want  # nested jaxprs
+    summary.summarize("x3d_xs", xla=False)
+    assert (layers.Conv3d.__call__, layers.Linear.__call__) == calls

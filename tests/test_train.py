@@ -12,8 +12,9 @@ from flax import nnx
 from trainrun import TINY_DATASET, metrics, train
 from v3d_flax.train import TrainConfig, TrainingDiverged, resolve, run
 from v3d_flax.train.checkpointing import Checkpointer
-from v3d_flax.train.state import (apply_remat, build_model, build_optimizer, decay_mask, init_state, is_key,
-                                  lr_schedule, make_data_init, remat_blocks, split_model)
+from v3d_flax.train.remat import apply_remat, remat_blocks
+from v3d_flax.train.state import (build_model, build_optimizer, decay_mask, init_state, is_key, lr_schedule,
+                                  make_data_init, split_model)
 from v3d_flax.train.steps import make_train_step, topk_correct
 
 
@@ -328,3 +329,103 @@ def test_grad_accum_matches_the_big_batch_for_a_model_without_batchnorm(tmp_path
         a, b = updated(1), updated(2)
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4, atol=1e-6)
+
+
+def _torch_layout_file(path, model, *, change=None, seed=0):
+    """A .safetensors state_dict of `model`'s torch twin, random values; `change` maps keys to new shapes."""
+    from safetensors.numpy import save_file
+
+    from v3d_flax.port import torch_shapes
+
+    rng = np.random.default_rng(seed)
+    shapes = {**torch_shapes(model), **(change or {})}
+    tensors = {k: rng.normal(size=s).astype(np.float32) for k, s in shapes.items()
+               if not k.endswith("num_batches_tracked")}
+    save_file(tensors, str(path))
+    return tensors
+
+
+def test_init_from_a_file_resets_only_the_classifier_the_record_names(tmp_path):
+    from v3d_flax.port import PortError
+    from v3d_flax.registry import model_spec
+    from v3d_flax.train.init_from import load_checkpoint_file
+
+    classifier = model_spec("r3d_18").classifier
+    other = nnx.eval_shape(lambda: build_model("r3d_18", num_classes=7, num_frames=4, crop_size=16, seed=0))
+    tensors = _torch_layout_file(tmp_path / "seven.safetensors", other)  # a checkpoint of another head size
+    model = build_model("r3d_18", num_classes=3, num_frames=4, crop_size=16, seed=0)
+    fc_before = np.asarray(model.fc.kernel[...])
+    fresh = load_checkpoint_file(model, str(tmp_path / "seven.safetensors"), source="v3d", classifier=classifier)
+    assert fresh == ["fc.weight", "fc.bias"]
+    np.testing.assert_array_equal(np.asarray(model.fc.kernel[...]), fc_before)  # fresh, as built
+    np.testing.assert_array_equal(np.asarray(model.stem[0].kernel[...]),
+                                  tensors["stem.0.weight"].transpose(2, 3, 4, 1, 0))  # the rest is loaded
+
+    # A mis-shaped tensor outside the classifier is an error naming it, not a silently fresh layer.
+    _torch_layout_file(tmp_path / "bad.safetensors", other, change={"layer1.0.conv1.0.weight": (64, 64, 1, 3, 3)})
+    with pytest.raises(PortError, match=r"layer1\.0\.conv1\.0\.weight") as err:
+        load_checkpoint_file(model, str(tmp_path / "bad.safetensors"), source="v3d", classifier=classifier)
+    assert [m.split(" ")[0] for m in err.value.mismatched] == ["layer1.0.conv1.0.weight"]
+    # ... raised by the run before anything is trained or written.
+    with pytest.raises(PortError, match=r"layer1\.0\.conv1\.0\.weight"):
+        run(_tiny_config(tmp_path / "w", steps=1, init_from=str(tmp_path / "bad.safetensors")))
+    assert not (tmp_path / "w").exists()
+
+
+def test_init_from_an_orbax_run_resets_only_the_classifier_the_record_names(tmp_path):
+    import optax
+
+    from v3d_flax.registry import model_spec
+    from v3d_flax.train.init_from import load_orbax
+    from v3d_flax.train.mesh import make_mesh, replicated
+
+    classifier = model_spec("x3d_xs").classifier  # "blocks.5.proj": a nested path
+    rep = replicated(make_mesh(jax.devices()))
+    tx = optax.sgd(0.1)
+
+    def state_of(num_classes, seed):
+        _, mstate = split_model(build_model("x3d_xs", num_classes=num_classes, num_frames=4, crop_size=32, seed=seed))
+        return jax.device_put(init_state(mstate, tx), rep)
+
+    def save(workdir, state):
+        ckpt = Checkpointer(str(workdir), async_save=False)
+        ckpt.save(3, state, {"model": "x3d_xs", "step": 3})
+        ckpt.close()
+
+    saved = state_of(7, seed=1)
+    save(tmp_path / "seven", saved)
+    template = state_of(3, seed=0)
+    loaded, fresh = load_orbax(str(tmp_path / "seven"), template, rep, classifier=classifier)
+    assert fresh == ["params/blocks/5/proj/bias", "params/blocks/5/proj/kernel"]
+    head = lambda s: np.asarray(s["params"]["blocks"][5]["proj"]["kernel"])  # noqa: E731
+    stem = lambda s: np.asarray(s["params"]["blocks"][0]["conv"]["conv_t"]["kernel"])  # noqa: E731
+    np.testing.assert_array_equal(head(loaded), head(template))
+    np.testing.assert_array_equal(stem(loaded), stem(saved))
+
+    # One mis-shaped array elsewhere: an error naming it.
+    params = nnx.to_flat_state(saved["params"])
+    bad_key = ("blocks", 0, "conv", "conv_t", "kernel")
+    changed = [(p, jnp.zeros((1, 3, 3, 3, 7)) if p == bad_key else v) for p, v in params]
+    save(tmp_path / "bad", {**saved, "params": nnx.from_flat_state(changed)})
+    with pytest.raises(ValueError, match=r"params/blocks/0/conv/conv_t/kernel \(checkpoint \(1, 3, 3, 3, 7\)"):
+        load_orbax(str(tmp_path / "bad"), template, rep, classifier=classifier)
+
+
+def _console_scripts() -> dict[str, str]:
+    import tomllib
+
+    from trainrun import REPO
+
+    return tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+
+
+@pytest.mark.parametrize("script", sorted(_console_scripts()))
+def test_every_console_script_runs_help(script):
+    import shutil
+    import subprocess
+
+    path = shutil.which(script)
+    assert path, f"{script} is not installed; run `pip install -e .` after changing pyproject.toml"
+    result = subprocess.run([path, "--help"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.startswith("usage: ") and "--help" in result.stdout

@@ -15,7 +15,6 @@ from v3d_flax.blocks import Conv3DBlock
 from v3d_flax.layers import Linear
 from v3d_flax.registry import model_spec
 from v3d_flax.train import DEFAULT_DATASET, TrainConfig, resolve
-from v3d_flax.train.evaluation import summarise
 from v3d_flax.train.state import build_optimizer, init_state, split_model
 from v3d_flax.train.steps import make_eval_step, make_train_step
 
@@ -63,7 +62,7 @@ def _fit_and_evaluate(temporal_kernel: int, info) -> float:
         logits.append(np.asarray(evaluate(state, batch))[keep])
         labels.append(np.asarray(batch["label"])[keep])
         videos.append(np.asarray(batch["video_index"])[keep])
-    return summarise(np.concatenate(logits), np.concatenate(labels), np.concatenate(videos))["top1"]
+    return data.video_metrics(np.concatenate(logits), np.concatenate(labels), np.concatenate(videos))["clip_top1"]
 
 
 def test_2d_framewise_stays_near_chance_while_3d_learns_motion():

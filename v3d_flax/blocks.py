@@ -2,11 +2,11 @@
 
 - `Conv3DBlock`: conv -> BN -> ReLU -> optional max-pool.
 - `SpatioTemporalConv`: (2+1)D, a (1, k, k) spatial conv, BN, ReLU, then a (k, 1, 1) temporal conv, with
-  the mid-channel count chosen so its parameters match a full k^3 conv (`midplanes`).
+  the mid-channel count chosen so its parameters match a full k^3 conv (`v3d_flax.archfacts.midplanes`).
 - `Residual3DBlock`: a ResNet basic block whose convs are full 3D ("3d"), spatial-only ("no_temporal",
   MC3) or (2+1)D ("2plus1d"); `downsample_temporal=False` keeps the time axis when striding.
 - `FramewiseConv2d`: a 2D conv applied to every frame on its own. It cannot see motion: permuting the
-  input frames permutes its output frames (see `conv_param_counts` for the parameter side).
+  input frames permutes its output frames (see `v3d_flax.archfacts.conv_param_counts` for the parameter side).
 """
 
 from __future__ import annotations
@@ -14,22 +14,8 @@ from __future__ import annotations
 import jax
 from flax import nnx
 
+from v3d_flax.archfacts import midplanes
 from v3d_flax.layers import BatchNorm, Conv3d, MaxPool3d, ReLU, Sequential, _triple, conv_kernel_init
-
-
-def midplanes(inplanes: int, planes: int, kernel: int = 3) -> int:
-    """(2+1)D mid channels matching a full kernel^3 conv's parameters (torchvision's formula)."""
-    return (inplanes * planes * kernel ** 3) // (inplanes * kernel ** 2 + kernel * planes)
-
-
-def conv_param_counts(in_channels: int, out_channels: int, kernel: int = 3) -> dict[str, int]:
-    """Weights of a 2D (frame-by-frame), a 3D and a (2+1)D conv between the same channel counts."""
-    mid = midplanes(in_channels, out_channels, kernel)
-    return {
-        "2d": in_channels * out_channels * kernel ** 2,
-        "3d": in_channels * out_channels * kernel ** 3,
-        "(2+1)d": in_channels * mid * kernel ** 2 + mid * out_channels * kernel,
-    }
 
 
 class Conv3DBlock(nnx.Module):

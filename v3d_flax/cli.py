@@ -44,6 +44,26 @@ def model_name(text: str) -> str:
     raise argparse.ArgumentTypeError(unknown_model_message(text))
 
 
+def add_source_argument(parser: argparse.ArgumentParser, flag: str = "--source") -> None:
+    """`--source`: the checkpoint source of the weights, one of `v3d_flax.port.list_sources()`."""
+    from v3d_flax.port.sources import SOURCES
+
+    parser.add_argument(flag, default="v3d", choices=list(SOURCES), metavar="SOURCE",
+                        help="checkpoint source of a non-Flax checkpoint (default: v3d): "
+                             + "; ".join(f"{name}: {source.checkpoints}" for name, source in SOURCES.items()))
+
+
+def check_source_argument(parser: argparse.ArgumentParser, args, flag: str = "--source") -> None:
+    """A usage error (exit 2) when the source `args` names does not serve `args.model`, naming the ones that do."""
+    from v3d_flax.port.sources import check_source
+
+    source = getattr(args, flag.lstrip("-").replace("-", "_"))
+    try:
+        check_source(source, args.model)
+    except ValueError as e:
+        parser.error(f"{flag} {source}: {e}")
+
+
 class Progress:
     """Progress over `total` items, on stderr: a tqdm bar on a terminal, otherwise a plain line at each
     tenth of the work and at least every `interval` seconds (log files get no bar redraws). Silent for

@@ -4,74 +4,44 @@
 formulation below computes the same function as `lax.conv_general_dilated` (forward and, through
 autodiff, backward); they differ only in speed, which depends on the backend:
 
-- "lax":       one `lax.conv_general_dilated` (XLA's native conv). Default on GPU and TPU.
+- "lax":       one `lax.conv_general_dilated` (XLA's native conv). "auto" off CPU.
 - "time2d":    time folded into the batch, one 2D conv per temporal tap, summed. XLA:CPU's 2D conv
-               path is much faster than its 3D one.
+               path is faster than its 3D one. "auto" on CPU for strided, grouped and (kT, 1, 1) convs.
 - "time2d_lax_grad": "time2d"'s forward with the backward of "lax" (both gradients as XLA's
-               native 3D conv transposes). On XLA:CPU the 2D convs' forward+backward is 2-3.4x
-               slower than the 3D one for stride-1 convs (bench_conv), while the 3D backward
-               of strided convs is 7x slower than the 2D one; only the input and kernel are saved
-               for the backward, not the per-tap frame copies. "auto" on CPU for stride-1
-               ungrouped convs with a spatial kernel: r3d_18's train step at 16x112x112 runs 2.0x
-               faster with it (1.02-1.05x at 8x56x56) and its per-clip memory plan drops 291 -> 178
-               MiB. Reverse-mode only (a `jax.custom_vjp`): `jax.jvp` through such a conv fails;
-               force "time2d" for forward-mode differentiation.
+               native 3D conv transposes, which XLA:CPU runs faster than the 2D ones for stride-1
+               convs, and slower for strided ones); only the input and kernel are saved for the
+               backward, not the per-tap frame copies. "auto" on CPU for stride-1 ungrouped convs
+               with a spatial kernel. Reverse-mode only (a `jax.custom_vjp`): `jax.jvp` through
+               such a conv fails; use "time2d" for forward-mode differentiation.
 - "im2col":    a (kT*kH*kW*C_in)-wide patch matrix times the kernel; for stride-1 ungrouped convs
                on tiny spatial maps or 3-channel inputs, where XLA:CPU's conv is pathological.
 - "shift_add": depthwise (groups == C_in) conv as kT*kH*kW shifted multiply-adds; XLA:CPU's
-               `feature_group_count` conv runs such convs hundreds of times slower.
+               `feature_group_count` conv is far slower on such convs.
 - "auto":      per backend and shape (see `select_impl`); the default.
 
-The choice is made at trace time: `V3D_CONV_IMPL=<name>` in the environment, or the
-`conv_impl(name)` context manager (which wins over the variable), forces one formulation where it
-applies ("time2d_lax_grad", "im2col" and "shift_add" fall back to "auto" for convs they do not
-cover). A jitted function already traced keeps the formulation it was traced with.
+The formulation is an argument: `conv3d(..., impl=name)`, which `v3d_flax.layers.Conv3d` passes
+from its `impl` field (`v3d_flax.layers.set_conv_impl(model, name)` sets it on a built model).
+A named formulation is used where it applies; "time2d_lax_grad", "im2col" and "shift_add" fall back
+to "auto" for convs they do not cover. docs/performance.md has the measurements behind "auto".
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import os
-import threading
 
 import jax
 import jax.numpy as jnp
 
+from v3d_flax.archfacts import check_conv_impl
+
 _DIMENSION_NUMBERS = ("NDHWC", "DHWIO", "NDHWC")
 _DIMENSION_NUMBERS_2D = ("NHWC", "HWIO", "NHWC")
-IMPLS = ("auto", "lax", "time2d", "time2d_lax_grad", "im2col", "shift_add")
-_override = threading.local()
 
 
-@contextlib.contextmanager
-def conv_impl(name: str):
-    """Force the conv formulation `name` (one of `IMPLS`) for convs traced inside the block."""
-    _check_impl(name, "conv_impl")
-    previous = getattr(_override, "impl", None)
-    _override.impl = name
-    try:
-        yield
-    finally:
-        _override.impl = previous
-
-
-def requested_impl() -> str:
-    """The formulation asked for: the `conv_impl` context, else $V3D_CONV_IMPL, else "auto"."""
-    name = getattr(_override, "impl", None)
-    if name is None:
-        name = os.environ.get("V3D_CONV_IMPL", "auto") or "auto"
-        _check_impl(name, "V3D_CONV_IMPL")
-    return name
-
-
-def _check_impl(name, where):
-    if name not in IMPLS:
-        raise ValueError(f"{where}: unknown conv implementation {name!r}; expected one of {IMPLS}")
-
-
-def conv3d(x: jax.Array, kernel: jax.Array, *, strides, padding, groups: int = 1, dilation=(1, 1, 1)) -> jax.Array:
-    """3D convolution, NDHWC x DHWIO -> NDHWC, padding given as three (lo, hi) pairs."""
+def conv3d(x: jax.Array, kernel: jax.Array, *, strides, padding, groups: int = 1, dilation=(1, 1, 1),
+           impl: str = "auto") -> jax.Array:
+    """3D convolution, NDHWC x DHWIO -> NDHWC, padding given as three (lo, hi) pairs, computed by the
+    formulation `impl` (one of `v3d_flax.archfacts.CONV_IMPLS`) where it applies, else by the one "auto" picks."""
     strides, dilation = tuple(int(s) for s in strides), tuple(int(d) for d in dilation)
     padding = tuple((int(lo), int(hi)) for lo, hi in padding)
     if x.ndim != 5 or kernel.ndim != 5 or len(strides) != 3 or len(dilation) != 3 or len(padding) != 3:
@@ -81,7 +51,7 @@ def conv3d(x: jax.Array, kernel: jax.Array, *, strides, padding, groups: int = 1
     if x.shape[-1] != kernel.shape[3] * groups or kernel.shape[4] % groups:
         raise ValueError(f"conv3d: x has {x.shape[-1]} channels, kernel {kernel.shape} with groups={groups} "
                          f"expects {kernel.shape[3] * groups} and output channels divisible by groups")
-    impl = select_impl(x, kernel, strides=strides, groups=groups, dilation=dilation)
+    impl = select_impl(x, kernel, strides=strides, groups=groups, dilation=dilation, impl=impl)
     args = dict(strides=strides, padding=padding, dilation=dilation)
     if impl == "shift_add":
         return conv3d_shift_add(x, kernel, **args)
@@ -94,9 +64,9 @@ def conv3d(x: jax.Array, kernel: jax.Array, *, strides, padding, groups: int = 1
     return conv3d_lax(x, kernel, groups=groups, **args)
 
 
-def select_impl(x, kernel, *, strides, groups, dilation) -> str:
-    """The formulation `conv3d` uses for these operands under the current override and backend."""
-    requested = requested_impl()
+def select_impl(x, kernel, *, strides, groups, dilation, impl: str = "auto") -> str:
+    """The formulation `conv3d(..., impl=impl)` uses for these operands on the current backend."""
+    requested = check_conv_impl(impl)
     depthwise = groups > 1 and groups == x.shape[-1]
     if requested == "shift_add" and depthwise:
         return "shift_add"
@@ -201,8 +171,7 @@ def _time2d_lax_grad_bwd(strides, padding, dilation, groups, residuals, cotangen
     x, kernel = residuals
     # Tied to the cotangent: XLA:CPU otherwise makes the kernel gradient's transposed copy of x as
     # soon as x exists, and in r3d_18's backward that copy stayed live across a whole block, one
-    # layer1-sized tensor more at the memory peak (its train-step plan at 16x112x112: 178 -> 126 MiB
-    # per clip, 126 -> 101 with --remat; same speed).
+    # layer1-sized tensor more at the memory peak (docs/performance.md, *History of the CPU figures*).
     x = tied_to(x, cotangent)
     _, vjp = jax.vjp(lambda x, k: conv3d_lax(x, k, strides=strides, padding=padding, groups=groups,
                                              dilation=dilation), x, kernel)
@@ -217,8 +186,8 @@ def conv3d_im2col(x: jax.Array, kernel: jax.Array, *, padding) -> jax.Array:
     kt, kh, kw, cin, cout = kernel.shape
     xp = jnp.pad(x, ((0, 0), *[tuple(p) for p in padding], (0, 0)))
     t, h, w = xp.shape[1] - kt + 1, xp.shape[2] - kh + 1, xp.shape[3] - kw + 1
-    # Built one axis at a time (kW, then kH, then kT shifts): three small concatenations compile in
-    # about half the time of one with kT*kH*kW operands, and run as fast or faster.
+    # Built one axis at a time (kW, then kH, then kT shifts): three small concatenations compile
+    # faster than one with kT*kH*kW operands, and run no slower.
     patches = jnp.concatenate([xp[:, :, :, c:c + w] for c in range(kw)], axis=-1)
     patches = jnp.concatenate([patches[:, :, b:b + h] for b in range(kh)], axis=-1)
     patches = jnp.concatenate([patches[:, a:a + t] for a in range(kt)], axis=-1)

@@ -16,11 +16,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 
 import numpy as np
 
-from v3d_flax.cli import Progress
+from v3d_flax.cli import Progress, check_source_argument
 from v3d_flax.predict import (add_model_arguments, collect_videos, file_error, load_predictor, predictor_views,
                               recipe_from_args)
 from v3d_flax.registry import list_models, model_spec
@@ -32,22 +31,17 @@ def video_features(predictor, path: str, recipe=None, *, clips=None, crops=None)
 
 
 def save_npz(path: str, arrays: dict, *, force: bool) -> None:
-    """Write `arrays` to `path` atomically (temporary file, then rename); refuse to overwrite unless force."""
+    """Write `arrays` to `path` atomically (`checkpoints.atomic_write`); refuse to overwrite unless force."""
+    from v3d_flax.checkpoints import atomic_write
+
     if os.path.lexists(path) and not force:
         raise FileExistsError(f"{path} already exists; pass --force to overwrite it")
-    parent = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
+
+    def write(tmp):
+        with open(tmp, "wb") as f:
             np.savez(f, **arrays)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+
+    atomic_write(path, write)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -78,6 +72,7 @@ def main(argv=None) -> int:
                      if feature_layers else "one pooled feature layer"))
     if not args.out.endswith(".npz"):
         parser.error("--out must name a .npz file")
+    check_source_argument(parser, args)
     if os.path.lexists(args.out) and not args.force:
         print(f"error: {args.out} already exists; pass --force to overwrite it", file=sys.stderr)
         return 1
@@ -85,7 +80,7 @@ def main(argv=None) -> int:
     if not files:
         print("error: no video files found in " + ", ".join(args.inputs), file=sys.stderr)
         return 1
-    from v3d_flax.convert import CheckpointError
+    from v3d_flax.checkpoints import CheckpointError
     from v3d_flax.extras import MissingExtraError
     from v3d_flax.port import PortError
 

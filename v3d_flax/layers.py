@@ -25,6 +25,7 @@ import numpy as np
 from flax import nnx
 
 from v3d_flax import conv as conv_ops
+from v3d_flax.archfacts import check_conv_impl
 
 Triple = tuple[int, int, int]
 Padding = str | Sequence[int] | Sequence[tuple[int, int]]
@@ -196,6 +197,13 @@ def build_abstract(factory: Callable[..., nnx.Module], *args, **kwargs) -> nnx.M
     return nnx.merge(graphdef, jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state))
 
 
+def build_structure(factory: Callable[..., nnx.Module], *args, **kwargs) -> nnx.Module:
+    """`factory(*args, **kwargs)` as its __init__ builds it, attributes in the order it assigns them
+    (which nnx.split / merge sort by name), its random weights left as placeholders: for reading the
+    module tree (the torch twin's key order), never for running."""
+    return _build_deferring(factory, args, kwargs)
+
+
 def _build_deferring(factory, args, kwargs) -> nnx.Module:
     token = _DEFERRING.set(True)
     try:
@@ -235,17 +243,23 @@ def resolve_padding(padding: Padding, spatial: Sequence[int], kernel: Triple, st
 
 
 class Conv3d(nnx.Module):
-    """3D convolution on NDHWC input with a DHWIO kernel; padding torch-style or TF 'SAME'."""
+    """3D convolution on NDHWC input with a DHWIO kernel; padding torch-style or TF 'SAME'.
+
+    `impl` names the formulation `v3d_flax.conv.conv3d` computes it with (one of
+    `v3d_flax.archfacts.CONV_IMPLS`; "auto": chosen per backend and shape). It is configuration, not a
+    weight: `set_conv_impl` changes it on a built model, and checkpoints do not record it.
+    """
 
     def __init__(self, in_features: int, out_features: int, kernel_size: int | Sequence[int],
                  strides: int | Sequence[int] = 1, padding: Padding = 0, *, use_bias: bool = False,
                  groups: int = 1, dilation: int | Sequence[int] = 1, kernel_init=conv_kernel_init,
-                 rngs: nnx.Rngs):
+                 impl: str = "auto", rngs: nnx.Rngs):
         if in_features % groups or out_features % groups:
             raise ValueError(f"groups={groups} must divide in_features={in_features} and out_features={out_features}")
         self.in_features, self.out_features, self.groups = in_features, out_features, groups
         self.kernel_size, self.strides, self.dilation = _triple(kernel_size), _triple(strides), _triple(dilation)
         self.padding = padding
+        self.impl = check_conv_impl(impl, "Conv3d(impl=...)")
         shape = (*self.kernel_size, in_features // groups, out_features)
         self.kernel = nnx.Param(kernel_init(rngs.params(), shape, jnp.float32))
         if use_bias:
@@ -259,10 +273,23 @@ class Conv3d(nnx.Module):
         pads = resolve_padding(self.padding, x.shape[1:4], self.kernel_size, self.strides)
         kernel = self.kernel[...].astype(x.dtype)
         y = conv_ops.conv3d(x, kernel, strides=self.strides, padding=pads, groups=self.groups,
-                            dilation=self.dilation)
+                            dilation=self.dilation, impl=self.impl)
         if self.bias is not None:
             y = y + self.bias[...].astype(y.dtype)
         return y
+
+
+def set_conv_impl(model: nnx.Module, impl: str) -> nnx.Module:
+    """Set the conv formulation of every `Conv3d` in `model` to `impl` (one of
+    `v3d_flax.archfacts.CONV_IMPLS`) in place, and return `model`. A function jitted over the model before
+    keeps the formulation it was traced with until it is traced again."""
+    check_conv_impl(impl, "set_conv_impl")
+    if not isinstance(model, nnx.Module):
+        raise TypeError(f"set_conv_impl expects an nnx.Module, got {type(model).__name__}")
+    for _, module in nnx.iter_modules(model):
+        if isinstance(module, Conv3d):
+            module.impl = impl
+    return model
 
 
 class Linear(nnx.Linear):
@@ -330,7 +357,7 @@ class BatchNorm(nnx.Module):
             unbiased = var * (count / max(count - 1, 1))
             m = self.momentum
             # set_value, not `v[...] = `: under tracing the indexed form probes the tracer's sharding,
-            # whose error message alone costs ~40 ms per BatchNorm per trace.
+            # and building that probe's error message slows every trace (docs/performance.md).
             self.mean.set_value(((1 - m) * self.mean[...] + m * mean).astype(self.mean[...].dtype))
             self.var.set_value(((1 - m) * self.var[...] + m * unbiased).astype(self.var[...].dtype))
             self.num_batches_tracked.set_value(self.num_batches_tracked[...] + 1)

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from v3d_flax.cli import Progress, model_name
+from v3d_flax.cli import Progress, check_source_argument, model_name
 from v3d_flax.preprocessing import Recipe
 from v3d_flax.registry import list_models, model_spec
 from v3d_flax.video import VideoError, find_videos, load_views
@@ -57,7 +57,7 @@ def load_class_names(spec: str | None, num_classes: int) -> list[str]:
 def recorded_class_names(weights: str | os.PathLike) -> list[str] | None:
     """The class names a train.py run recorded in its run.json, when `weights` is that run's workdir
     (or its checkpoints/, best/ or one step directory); None otherwise."""
-    from v3d_flax.convert import training_run_record
+    from v3d_flax.checkpoints import training_run_record
 
     names = training_run_record(weights).get("class_names")
     return [str(n) for n in names] if isinstance(names, list) else None
@@ -160,16 +160,15 @@ def top_k(probs: np.ndarray, names: list[str], k: int) -> list[dict]:
 
 
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
-    """Options shared by predict and features: model, weights, recipe overrides."""
-    from v3d_flax.port.keymaps import KEYMAPS
+    """Options shared by predict and features: model, weights and their source, recipe overrides."""
+    from v3d_flax.cli import add_source_argument
 
     p.add_argument("--model", required=True, type=model_name, metavar="NAME",
                    help="registry name: " + ", ".join(list_models()))
     p.add_argument("--weights", required=True, metavar="PATH",
                    help="checkpoint: PyTorch (.pth/.pt/.pickle/.safetensors) or Flax (orbax dir, .safetensors, "
-                        "training workdir)")
-    p.add_argument("--source", default="v3d", choices=sorted(KEYMAPS),
-                   help="key naming of a PyTorch checkpoint (default: v3d)")
+                        "training workdir), or a checkpoint of --source")
+    add_source_argument(p)
     p.add_argument("--num-classes", type=int, default=None, help="head size (default: read from the weights)")
     p.add_argument("--clips", type=int, default=None, help="temporal views per video (default: the recipe's)")
     p.add_argument("--crops", type=int, choices=(1, 3), default=None, help="spatial views (default: the recipe's)")
@@ -190,16 +189,16 @@ def load_predictor(model_name: str, weights: str | os.PathLike, *, source: str =
                    recipe: Recipe | None = None, batch_size: int = 8, feature_layer: str | None = None) -> Predictor:
     """Build `model_name`, load `weights` into it and wrap it in a Predictor (eval mode, jitted).
 
-    `weights`: a PyTorch checkpoint (.pth/.pt/.pickle, needs the [torch] extra; or .safetensors with
-    torch key names) whose key naming `source` names ("v3d", "torchvision", "pytorchvideo",
-    "pytorch-i3d", "c3d-sports1m"), or a Flax checkpoint (a .safetensors or orbax directory written by
-    `v3d_flax.convert`, a `train.py` workdir). `num_classes` is read from the checkpoint unless given;
+    `weights`: a checkpoint of `source` (`v3d_flax.port.list_sources()`: PyTorch files in v3d's or a
+    publisher's naming, needing the [torch] extra unless .safetensors; DeepMind's TensorFlow I3D; 2D
+    ImageNet networks, inflated), or with source "v3d" a Flax checkpoint (a .safetensors or orbax
+    directory written by `v3d_flax.checkpoints.save_checkpoint`, a `train.py` workdir). `num_classes` is read from the checkpoint unless given;
     `recipe` fixes C3D's clip size (default: the checkpoint's, else the model's). `batch_size` views go
     through each forward pass; `feature_layer` picks C3D's feature layer ("fc6" or "fc7") for
-    `Predictor.features`. The loaded model is `predictor.model`. Errors: `v3d_flax.convert.CheckpointError`,
+    `Predictor.features`. The loaded model is `predictor.model`. Errors: `v3d_flax.checkpoints.CheckpointError`,
     `v3d_flax.port.PortError`.
     """
-    from v3d_flax.convert import load_model
+    from v3d_flax.checkpoints import load_model
 
     model = load_model(model_name, weights, source=source, num_classes=num_classes, recipe=recipe)
     return Predictor(model, batch_size=batch_size, feature_layer=feature_layer)
@@ -236,11 +235,12 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.top_k < 1 or args.batch_size < 1 or (args.clips is not None and args.clips < 1):
         parser.error("--top-k, --batch-size and --clips must be >= 1")
+    check_source_argument(parser, args)
     files = collect_videos(parser, args.videos)
     if not files:
         print("error: no video files found in " + ", ".join(args.videos), file=sys.stderr)
         return 1
-    from v3d_flax.convert import CheckpointError
+    from v3d_flax.checkpoints import CheckpointError
     from v3d_flax.extras import MissingExtraError
     from v3d_flax.port import PortError
 
@@ -282,7 +282,7 @@ def main(argv=None) -> int:
 
 def head_size(model: nnx.Module) -> int:
     """Number of classes of a loaded model (read from its classifier's shape, no forward pass)."""
-    from v3d_flax.convert import flax_state, infer_num_classes
+    from v3d_flax.checkpoints import flax_state, infer_num_classes
 
     shapes = {k: v.shape for k, v in flax_state(model).items()}
     return infer_num_classes(model.arch, shapes, kind="flax")

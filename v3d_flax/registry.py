@@ -1,8 +1,9 @@
 """The model registry: one record (`ModelSpec`) per model holds everything v3d knows about it.
 
-Each family declares its records in `v3d_flax/records/<family>.py` with `register_model(...)`, beside
-its Flax file `v3d_flax/models/<family>.py`; the registry finds the record modules by listing that
-package, so adding a family touches no file here. Records are plain Python (no JAX import): the
+Each family declares its records in `v3d_flax/records/<family>.py` with `register_model(...)` (with
+the architecture tables both frameworks build it from), beside its Flax file
+`v3d_flax/models/<family>.py`; the registry finds the record modules by listing that package, so
+adding a family touches no file here. Records are plain Python (no JAX import): the
 command lines read names and defaults before the heavy imports. Factories are "module:function"
 strings, imported on first use.
 
@@ -49,12 +50,16 @@ class ModelSpec:
     - `head_pool_kernel`: the fixed AvgPool3d window of the PyTorchVideo hub model at `clip` (one per
       pathway for SlowFast), None where the hub pools globally; our models pool globally by default.
     - `sources`: the `v3d_flax.port` checkpoint sources whose key layouts it accepts.
+    - `key_rules`: per source, this model's own key rules, `(regex, replacement)` pairs from the
+      publisher's names to ours (None drops a key): after a state_dict source's own rules; an
+      inflation source's table (2D names onto this model's). Empty where the names are ours.
     - `clip_kwargs`: the factory arguments that follow the clip ("num_frames", "crop_size": C3D's fc6).
     - `feature_layers`: names `forward_features(x, layer=...)` takes, the first the default (empty: the
       pooled features only).
     - `cpu_defaults`: train.py settings for a CPU run that differ from the common ones.
     - `published`: the publisher's parameter / MAC counts.
-    - `weights`: its pretrained weights (filled by the pretrained-weights records).
+    - `weights`: its pretrained checkpoints (`v3d_flax.weights.Weights`), their recipe and normalisation
+      filled in from this record where they give none; `get_weights(name)` finds one.
     """
 
     name: str
@@ -66,6 +71,7 @@ class ModelSpec:
     num_classes: int = 400
     head_pool_kernel: tuple | None = None
     sources: tuple[str, ...] = ("v3d",)
+    key_rules: Mapping[str, tuple] = field(default_factory=dict)
     clip_kwargs: tuple[str, ...] = ()
     feature_layers: tuple[str, ...] = ()
     cpu_defaults: Mapping[str, Any] = field(default_factory=dict)
@@ -74,9 +80,23 @@ class ModelSpec:
 
     def __post_init__(self):
         object.__setattr__(self, "cpu_defaults", MappingProxyType(dict(self.cpu_defaults)))
+        object.__setattr__(self, "key_rules", MappingProxyType({k: tuple(v) for k, v in self.key_rules.items()}))
+        if not set(self.key_rules) <= set(self.sources):
+            raise ValueError(f"{self.name}: key_rules for {sorted(set(self.key_rules) - set(self.sources))}, "
+                             f"which are not among its sources {self.sources}")
         unknown = set(self.clip_kwargs) - {"num_frames", "crop_size"}
         if unknown:
             raise ValueError(f"{self.name}: clip_kwargs may name num_frames and crop_size, not {sorted(unknown)}")
+        object.__setattr__(self, "weights", tuple(w.for_model(self) for w in self.weights))
+        names = [w.name for w in self.weights]
+        if len(set(names)) != len(names):
+            raise ValueError(f"{self.name}: weights names repeat: {names}")
+
+    def get_weights(self, name: str):
+        """The weights record `name` (`v3d_flax.weights.Weights`); ValueError naming this model's weights."""
+        from v3d_flax.weights import get_weights
+
+        return get_weights(self.name, name)
 
     @property
     def family(self) -> str:
@@ -151,13 +171,34 @@ def get_factory(name: str):
     return getattr(importlib.import_module(module), attr)
 
 
-def create_model(name: str, *, num_classes: int, rngs: nnx.Rngs, **kwargs) -> nnx.Module:
-    """Build the Flax model `name` (NDHWC input, logits output) with freshly initialised weights.
+def create_model(name: str, *, num_classes: int | None = None, rngs: nnx.Rngs | None = None, weights=None,
+                 source: str | None = None, **kwargs) -> nnx.Module:
+    """Build the Flax model `name` (NDHWC input, logits output) with freshly initialised weights, or
+    with pretrained `weights`.
 
-    The random weights are drawn in one jitted program (`v3d_flax.layers.build_batched`), with the
-    values an eager build from the same `rngs` gives. To load a checkpoint, build the structure
-    without any draws with `abstract_model`.
+    Without `weights`, `num_classes` and `rngs` are required; the random weights are drawn in one
+    jitted program (`v3d_flax.layers.build_batched`), with the values an eager build from the same
+    `rngs` gives. To load a checkpoint, build the structure without any draws with `abstract_model`.
+
+    `weights`: a weights name of the model's record ("kinetics400": `v3d_flax.list_weights(name)`),
+    a `v3d_flax.weights.Weights` record, or a local checkpoint path of `source`
+    (`v3d_flax.port.list_sources()`, default "v3d"); downloaded, verified and cached by
+    `v3d_flax.hub.load_pretrained`, which also takes its `cache_dir=`, `offline=` and `progress=`
+    here. A `num_classes` other than the checkpoint's keeps the backbone and gives a fresh head of
+    that size (initialised from `rngs`, default `nnx.Rngs(0)`). The model is returned in training
+    mode, as a fresh one is: call `model.eval()` for inference.
     """
+    if weights is not None:
+        from v3d_flax.hub import load_pretrained
+
+        model = load_pretrained(name, weights, num_classes=num_classes, rngs=rngs, source=source, **kwargs)
+        model.train()
+        return model
+    if source is not None:
+        raise TypeError("create_model: source= names the format of a weights file; pass it with weights=<path>")
+    if num_classes is None or rngs is None:
+        raise TypeError(f"create_model({name!r}) needs num_classes= and rngs= (or weights=, a pretrained "
+                        f"checkpoint: v3d_flax.list_weights({name!r}))")
     from v3d_flax.layers import build_batched
 
     model = build_batched(get_factory(name), num_classes=num_classes, rngs=rngs, **kwargs)

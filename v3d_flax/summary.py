@@ -4,26 +4,26 @@
 
 MACs follow fvcore's convention, the one torchvision, PyTorchVideo and the X3D/SlowFast papers
 quote as "GFLOPs": every conv counts out_elements x C_in/groups x kernel volume, padded taps
-included, plus the linear layers; BN, activations and pooling are not counted. XLA's count
-(`cost_analysis()["flops"]`) is 2 FLOPs per multiply-add and skips padded taps, so it comes out a
-little under 2 x MACs.
+included, plus the linear layers; BN, activations and pooling are not counted. They are read off
+the traced forward pass (its convolutions and matrix products), with every `Conv3d` set to XLA's
+native conv so that each conv is one convolution there. XLA's count (`cost_analysis()["flops"]`)
+is 2 FLOPs per multiply-add and skips padded taps, so it comes out a little under 2 x MACs.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import math
 import sys
 from dataclasses import dataclass
 
 import jax
+import jax.extend.core
 import jax.numpy as jnp
 from flax import nnx
 
-from v3d_flax import layers
-from v3d_flax.blocks import conv_param_counts
-from v3d_flax.conv import conv_impl
+from v3d_flax.archfacts import conv_param_counts, midplanes
+from v3d_flax.layers import set_conv_impl
 from v3d_flax.registry import abstract_model, list_models, model_spec
 
 @dataclass
@@ -43,27 +43,40 @@ def example_input(name: str, clip: tuple[int, int, int], batch: int = 1, in_chan
     return inputs if len(inputs) > 1 else inputs[0]
 
 
-@contextlib.contextmanager
-def _count_macs(totals: list[int]):
-    """Patch Conv3d/Linear calls to add their fvcore MACs to totals[0] while tracing."""
-    conv_call, linear_call = layers.Conv3d.__call__, layers.Linear.__call__
+def count_macs(jaxpr: jax.extend.core.Jaxpr | jax.extend.core.ClosedJaxpr) -> int:
+    """fvcore MACs of a traced computation: each convolution's output elements x its kernel's
+    input channels (C_in / groups) x kernel volume, padded taps included, plus each matrix
+    product's output elements x its contracted size; nested jaxprs (jit, remat, custom
+    derivatives, scans) are counted where they are called."""
+    if isinstance(jaxpr, jax.extend.core.ClosedJaxpr):
+        jaxpr = jaxpr.jaxpr
+    total = 0
+    for eqn in jaxpr.eqns:
+        name = eqn.primitive.name
+        if name == "conv_general_dilated":
+            kernel = eqn.invars[1].aval.shape
+            rhs_spec = eqn.params["dimension_numbers"].rhs_spec  # (out features, in features, *spatial)
+            per_output = math.prod(kernel[d] for d in rhs_spec[1:])
+            total += math.prod(eqn.outvars[0].aval.shape) * per_output
+        elif name == "dot_general":
+            (contracting, _), _ = eqn.params["dimension_numbers"]
+            lhs = eqn.invars[0].aval.shape
+            total += math.prod(eqn.outvars[0].aval.shape) * math.prod(lhs[d] for d in contracting)
+        elif name in ("cond", "while"):
+            raise ValueError(f"count_macs: cannot count MACs through a {name!r} (data-dependent control flow)")
+        else:
+            repeats = eqn.params.get("length", 1) if name == "scan" else 1
+            for sub in _sub_jaxprs(eqn.params):
+                total += repeats * count_macs(sub)
+    return total
 
-    def conv(self, x):
-        y = conv_call(self, x)
-        kt, kh, kw = self.kernel_size
-        totals[0] += math.prod(y.shape) * (self.in_features // self.groups) * kt * kh * kw
-        return y
 
-    def linear(self, x):
-        y = linear_call(self, x)
-        totals[0] += math.prod(y.shape) * self.in_features
-        return y
-
-    layers.Conv3d.__call__, layers.Linear.__call__ = conv, linear
-    try:
-        yield
-    finally:
-        layers.Conv3d.__call__, layers.Linear.__call__ = conv_call, linear_call
+def _sub_jaxprs(params: dict):
+    """The jaxprs among an equation's parameters (a jit's body, a custom derivative's function...)."""
+    for value in params.values():
+        for item in value if isinstance(value, (tuple, list)) else (value,):
+            if isinstance(item, (jax.extend.core.Jaxpr, jax.extend.core.ClosedJaxpr)):
+                yield item
 
 
 def count_params(model: nnx.Module) -> int:
@@ -80,22 +93,20 @@ def summarize(name: str, *, num_classes: int = 400, clip: tuple[int, int, int] |
     # Shapes only: no weights are initialised (a forward pass on abstract arrays is all we need).
     model = abstract_model(name, num_classes=num_classes, **model_kwargs)
     model.eval()
-    graphdef, state = nnx.split(model)
+    # XLA's own conv on every backend: one convolution per conv (CPU's "auto" splits them up)
+    graphdef, state = nnx.split(set_conv_impl(model, "lax"))
     x = example_input(name, clip)
 
     def forward(state, x):
         return nnx.merge(graphdef, state)(x)
 
-    totals = [0]
-    with _count_macs(totals):
-        jax.eval_shape(forward, state, x)
+    macs = count_macs(jax.make_jaxpr(forward)(state, x))
     flops = None
     if xla:
-        with conv_impl("lax"):  # XLA's own conv on every backend (CPU's default formulations count otherwise)
-            cost = jax.jit(forward).lower(state, x).compile().cost_analysis()
+        cost = jax.jit(forward).lower(state, x).compile().cost_analysis()
         cost = cost[0] if isinstance(cost, (list, tuple)) else cost
         flops = float(cost.get("flops", float("nan")))
-    return ModelSummary(name, clip, num_classes, count_params(model), totals[0], flops)
+    return ModelSummary(name, clip, num_classes, count_params(model), macs, flops)
 
 
 def format_table(rows: list[ModelSummary]) -> str:
@@ -117,8 +128,6 @@ def conv_comparison_table(widths=(64, 128, 256, 512)) -> str:
            "|---:|---:|---:|---:|---:|"]
     for c in widths:
         p = conv_param_counts(c, c)
-        from v3d_flax.blocks import midplanes
-
         out.append(f"| {c} | {p['2d']:,} | {p['3d']:,} | {p['(2+1)d']:,} ({midplanes(c, c)}) | {p['3d'] / p['2d']:.0f}x |")
     return "\n".join(out)
 

@@ -6,6 +6,7 @@
 - `Residual3DBlock`: a ResNet basic block whose convs are full 3D ("3d"), spatial-only ("no_temporal",
   MC3) or (2+1)D ("2plus1d"); `downsample_temporal=False` keeps the time axis when striding.
 - `FramewiseConv2d`: a 2D conv applied to every frame independently (no motion seen).
+- `init_weights`: the torchvision / PyTorchVideo weight initialisation the reference models share.
 """
 
 from __future__ import annotations
@@ -13,24 +14,27 @@ from __future__ import annotations
 from torch import nn
 from torch.nn import functional as F
 
+from v3d_flax.archfacts import midplanes
+
 
 def _triple(v):
     return (v, v, v) if isinstance(v, int) else tuple(v)
 
 
-def midplanes(inplanes: int, planes: int, kernel: int = 3) -> int:
-    """(2+1)D mid channels matching a full kernel^3 conv's parameters (torchvision's formula)."""
-    return (inplanes * planes * kernel ** 3) // (inplanes * kernel ** 2 + kernel * planes)
-
-
-def conv_param_counts(in_channels: int, out_channels: int, kernel: int = 3) -> dict[str, int]:
-    """Weights of a 2D (frame-by-frame), a 3D and a (2+1)D conv between the same channel counts."""
-    mid = midplanes(in_channels, out_channels, kernel)
-    return {
-        "2d": in_channels * out_channels * kernel ** 2,
-        "3d": in_channels * out_channels * kernel ** 3,
-        "(2+1)d": in_channels * mid * kernel ** 2 + mid * out_channels * kernel,
-    }
+def init_weights(model: nn.Module) -> None:
+    """torchvision's and PyTorchVideo's (`init_net_weights`) initialisation, in place: convs He-normal
+    (fan_out, ReLU gain), BatchNorm scale 1 and shift 0, linear layers N(0, 0.01), every bias 0."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv3d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm3d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, 0, 0.01)
+            nn.init.zeros_(m.bias)
 
 
 class Conv3DBlock(nn.Module):

@@ -146,7 +146,7 @@ def train_batches(name: str, *, data_dir, global_batch_size: int, num_frames: in
 
     # Python only reads the records of each step (cheap); decoding and augmentation run in parallel in TF.
     # A bounded run ends its pipeline with its last step: an endless one still has reads in flight
-    # when the iterator is deleted, and that deletion was seen to stall for about a minute.
+    # when the iterator is deleted, and that deletion can stall (docs/performance.md).
     ds = tf.data.Dataset.range(int(start_step), _ENDLESS if stop_step is None else int(stop_step)).map(
         lambda k: _shaped(tf.numpy_function(read_step, [k], (tf.string, tf.float32)),
                           [local], [local, NUM_UNIFORMS]))

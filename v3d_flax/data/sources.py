@@ -23,17 +23,13 @@ import os
 import struct
 import sys
 import threading
+import warnings
 
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from v3d_flax.data import synthetic
-
-# JAX owns the accelerators; tf.data runs on the host (a GPU build of TensorFlow would reserve GPU memory).
-with contextlib.suppress(RuntimeError, ValueError):
-    tf.config.set_visible_devices([], "GPU")
-
 
 
 class _QuietTfds(logging.Filter):
@@ -84,6 +80,21 @@ class DatasetInfo:
     label_key: str = "label"
     hflip_label_map: tuple[int, ...] | None = None
     flip_ok: bool = True
+
+
+@functools.cache
+def keep_tensorflow_on_host() -> None:
+    """Hide the GPUs from TensorFlow: JAX owns the accelerators and tf.data runs on the host, but a
+    GPU build of TensorFlow reserves GPU memory once it places its first op. Called where a source is
+    opened or prepared, before any TensorFlow op; once TensorFlow has placed one its devices are
+    fixed, and a warning says so if it holds GPUs."""
+    try:
+        tf.config.set_visible_devices([], "GPU")
+    except RuntimeError:  # TensorFlow already initialised its devices
+        if tf.config.list_logical_devices("GPU"):
+            warnings.warn("TensorFlow placed an op on the GPU before the input pipeline opened its dataset, so "
+                          "it keeps its GPUs (and their reserved memory); the input pipeline runs on the host "
+                          "regardless", RuntimeWarning, stacklevel=3)
 
 
 def default_data_dir() -> str:
@@ -151,6 +162,7 @@ def _build_embedded(builder, root: str) -> None:
 
 def prepare(name: str, data_dir: str | os.PathLike | None = None) -> DatasetInfo:
     """Download and prepare `name` with tfds (needs internet for real datasets); returns its DatasetInfo."""
+    keep_tensorflow_on_host()
     root = _root(data_dir)
     builder = _builder(name, root)
     if _base_name(name) in EMBEDDED:
@@ -181,6 +193,7 @@ def _source(name: str, root: str) -> "Source":
 
 def open_source(name: str, data_dir: str | os.PathLike | None = None) -> "Source":
     """The prepared dataset `name` in `data_dir` (the embedded one is built on first use)."""
+    keep_tensorflow_on_host()
     return _source(name, _root(data_dir))
 
 

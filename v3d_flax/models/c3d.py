@@ -5,35 +5,19 @@ from __future__ import annotations
 import jax
 from flax import nnx
 
+from v3d_flax.records.c3d import C3D_CONVS, C3D_POOLS, c3d_convs, c3d_pooled_shape
 from v3d_flax.layers import Conv3d, Linear, NormalInit, check_video_input, max_pool3d
-
-# (name, in, out) of the eight 3x3x3 convs, and the pool (name, kernel = stride, padding) after a stage.
-CONVS = (("conv1", 3, 64), ("conv2", 64, 128), ("conv3a", 128, 256), ("conv3b", 256, 256),
-         ("conv4a", 256, 512), ("conv4b", 512, 512), ("conv5a", 512, 512), ("conv5b", 512, 512))
-POOLS = {"conv1": ("pool1", (1, 2, 2), (0, 0, 0)), "conv2": ("pool2", (2, 2, 2), (0, 0, 0)),
-         "conv3b": ("pool3", (2, 2, 2), (0, 0, 0)), "conv4b": ("pool4", (2, 2, 2), (0, 0, 0)),
-         "conv5b": ("pool5", (2, 2, 2), (0, 1, 1))}
-
-
-def pooled_shape(num_frames: int, crop_size: int) -> tuple[int, int, int]:
-    """(T, H, W) after pool5 for a num_frames x crop_size x crop_size clip (convs keep the size)."""
-    t, h, w = num_frames, crop_size, crop_size
-    for _, kernel, pad in POOLS.values():
-        t, h, w = ((n + 2 * p - k) // k + 1 for n, k, p in zip((t, h, w), kernel, pad))
-    if min(t, h, w) < 1:
-        raise ValueError(f"C3D needs clips of at least 16 frames and 16x16 pixels, got {num_frames}x{crop_size}x{crop_size}")
-    return t, h, w
 
 
 class C3D(nnx.Module):
     """Eight 3x3x3 convs with bias and ReLU, five max-pools, fc6/fc7 (4096, dropout 0.5), fc8."""
 
     def __init__(self, num_classes: int = 487, num_frames: int = 16, crop_size: int = 112,
-                 dropout: float = 0.5, *, rngs: nnx.Rngs):
-        self.num_frames, self.crop_size = num_frames, crop_size
-        for name, cin, cout in CONVS:
+                 dropout: float = 0.5, in_channels: int = 3, *, rngs: nnx.Rngs):
+        self.num_frames, self.crop_size, self.in_channels = num_frames, crop_size, in_channels
+        for name, cin, cout in c3d_convs(in_channels):
             setattr(self, name, Conv3d(cin, cout, 3, padding=1, use_bias=True, rngs=rngs))
-        t, h, w = pooled_shape(num_frames, crop_size)
+        t, h, w = c3d_pooled_shape(num_frames, crop_size)
         he_fan_in = NormalInit(scale=2.0, mode="fan_in")
         # torch flattens pool5's (C, T, H, W); we flatten (T, H, W, C): porting permutes fc6's columns.
         self.fc6 = Linear(512 * t * h * w, 4096, torch_input_shape=(512, t, h, w), rngs=rngs)
@@ -41,17 +25,27 @@ class C3D(nnx.Module):
         for fc in (self.fc6, self.fc7):
             # set_value, not `[...] =`: under create_model the kernel is still a placeholder
             fc.kernel.set_value(he_fan_in(rngs.params(), fc.kernel.get_value().shape))
-        self.fc8 = Linear(4096, num_classes, rngs=rngs)
+        self.num_features = 4096
+        self.fc8 = Linear(self.num_features, num_classes, rngs=rngs)
         self.dropout = nnx.Dropout(dropout, rngs=rngs)
+
+    def _check(self, x: jax.Array) -> None:
+        check_video_input(x, channels=self.in_channels, name="C3D", frames=self.num_frames,
+                          size=(self.crop_size, self.crop_size))
+
+    def forward_map(self, x: jax.Array) -> jax.Array:
+        """pool5's map (B, t, h, w, 512) that fc6 flattens."""
+        self._check(x)
+        for name, _ in C3D_CONVS:
+            x = jax.nn.relu(getattr(self, name)(x))
+            if name in C3D_POOLS:
+                _, kernel, pad = C3D_POOLS[name]
+                x = max_pool3d(x, kernel, kernel, pad)
+        return x
 
     def forward_features(self, x: jax.Array, layer: str = "fc7") -> jax.Array:
         """fc6 or fc7 activations (after ReLU, before dropout)."""
-        check_video_input(x, channels=3, name="C3D", frames=self.num_frames, size=(self.crop_size, self.crop_size))
-        for name, _, _ in CONVS:
-            x = jax.nn.relu(getattr(self, name)(x))
-            if name in POOLS:
-                _, kernel, pad = POOLS[name]
-                x = max_pool3d(x, kernel, kernel, pad)
+        x = self.forward_map(x)
         x = jax.nn.relu(self.fc6(x.reshape(x.shape[0], -1)))
         if layer == "fc6":
             return x
@@ -70,8 +64,8 @@ class C3D(nnx.Module):
         at chance; after this it learns at once. Under jit with a batch sharded over devices the
         statistics are those of the global batch.
         """
-        check_video_input(x, channels=3, name="C3D", frames=self.num_frames, size=(self.crop_size, self.crop_size))
-        layers = [(getattr(self, name), name) for name, _, _ in CONVS] + [(self.fc6, "fc6"), (self.fc7, "fc7")]
+        self._check(x)
+        layers = [(getattr(self, name), name) for name, _ in C3D_CONVS] + [(self.fc6, "fc6"), (self.fc7, "fc7")]
         for layer, name in layers:
             if name == "fc6":
                 x = x.reshape(x.shape[0], -1)
@@ -81,12 +75,12 @@ class C3D(nnx.Module):
             layer.kernel.set_value(layer.kernel.get_value() / std)
             layer.bias.set_value((layer.bias.get_value() - mean) / std)
             x = jax.nn.relu((y - mean) / std)
-            if name in POOLS:
-                _, kernel, pad = POOLS[name]
+            if name in C3D_POOLS:
+                _, kernel, pad = C3D_POOLS[name]
                 x = max_pool3d(x, kernel, kernel, pad)
 
 
 def c3d(*, num_classes: int = 487, num_frames: int = 16, crop_size: int = 112, dropout: float = 0.5,
-        rngs: nnx.Rngs) -> C3D:
+        in_channels: int = 3, rngs: nnx.Rngs) -> C3D:
     """C3D for num_frames x crop_size x crop_size clips; fc6's fan-in follows the clip size."""
-    return C3D(num_classes, num_frames, crop_size, dropout, rngs=rngs)
+    return C3D(num_classes, num_frames, crop_size, dropout, in_channels, rngs=rngs)

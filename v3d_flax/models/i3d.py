@@ -18,35 +18,19 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from v3d_flax.records.i3d import (I3D_BN_EPS, I3D_BN_MOMENTUM, I3D_LOGITS_POOL, I3D_MIXED, I3D_POOLS,
+                                  i3d_endpoints_through)
 from v3d_flax.layers import BatchNorm, Conv3d, MaxPool3d, avg_pool3d, check_video_input
-
-# Mixed block name -> (b0, b1a, b1b, b2a, b2b, b3b) output channels.
-MIXED = {
-    "Mixed_3b": (64, 96, 128, 16, 32, 32), "Mixed_3c": (128, 128, 192, 32, 96, 64),
-    "Mixed_4b": (192, 96, 208, 16, 48, 64), "Mixed_4c": (160, 112, 224, 24, 64, 64),
-    "Mixed_4d": (128, 128, 256, 24, 64, 64), "Mixed_4e": (112, 144, 288, 32, 64, 64),
-    "Mixed_4f": (256, 160, 320, 32, 128, 128), "Mixed_5b": (256, 160, 320, 32, 128, 128),
-    "Mixed_5c": (384, 192, 384, 48, 128, 128),
-}
-# Max-pools between stages: name -> (kernel, stride).
-POOLS = {"MaxPool3d_2a_3x3": ((1, 3, 3), (1, 2, 2)), "MaxPool3d_3a_3x3": ((1, 3, 3), (1, 2, 2)),
-         "MaxPool3d_4a_3x3": ((3, 3, 3), (2, 2, 2)), "MaxPool3d_5a_2x2": ((2, 2, 2), (2, 2, 2))}
-ENDPOINTS = ("Conv3d_1a_7x7", "MaxPool3d_2a_3x3", "Conv3d_2b_1x1", "Conv3d_2c_3x3", "MaxPool3d_3a_3x3",
-             "Mixed_3b", "Mixed_3c", "MaxPool3d_4a_3x3", "Mixed_4b", "Mixed_4c", "Mixed_4d", "Mixed_4e",
-             "Mixed_4f", "MaxPool3d_5a_2x2", "Mixed_5b", "Mixed_5c")
-LOGITS_POOL = (2, 7, 7)
-BN_EPS = 1e-3
-BN_MOMENTUM = 0.01
 
 
 class Unit3D(nnx.Module):
     """Conv3d (TF 'SAME', no bias) -> BN (eps 1e-3) -> ReLU; the logits unit is a biased conv only."""
 
     def __init__(self, in_features: int, out_features: int, kernel_size=1, strides=1, *, use_bn: bool = True,
-                 use_bias: bool = False, activation: bool = True, bn_momentum: float = BN_MOMENTUM,
+                 use_bias: bool = False, activation: bool = True, bn_momentum: float = I3D_BN_MOMENTUM,
                  rngs: nnx.Rngs):
         self.conv3d = Conv3d(in_features, out_features, kernel_size, strides, "SAME", use_bias=use_bias, rngs=rngs)
-        self.bn = BatchNorm(out_features, eps=BN_EPS, momentum=bn_momentum) if use_bn else None
+        self.bn = BatchNorm(out_features, eps=I3D_BN_EPS, momentum=bn_momentum) if use_bn else None
         self.activation = activation
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -59,7 +43,7 @@ class Unit3D(nnx.Module):
 class InceptionModule(nnx.Module):
     """Four branches concatenated on channels: 1x1 | 1x1->3x3 | 1x1->3x3 | 3x3 max-pool->1x1."""
 
-    def __init__(self, in_features: int, widths: tuple[int, ...], *, bn_momentum: float = BN_MOMENTUM,
+    def __init__(self, in_features: int, widths: tuple[int, ...], *, bn_momentum: float = I3D_BN_MOMENTUM,
                  rngs: nnx.Rngs):
         c0, c1a, c1b, c2a, c2b, c3b = widths
         kw = dict(bn_momentum=bn_momentum, rngs=rngs)
@@ -80,16 +64,16 @@ class InceptionI3d(nnx.Module):
     """I3D classifier: Inception-v1 endpoints, AvgPool (2, 7, 7), dropout, 1x1x1 logits conv, mean over time."""
 
     def __init__(self, num_classes: int = 400, in_channels: int = 3, dropout: float = 0.5,
-                 bn_momentum: float = BN_MOMENTUM, *, rngs: nnx.Rngs):
+                 bn_momentum: float = I3D_BN_MOMENTUM, *, rngs: nnx.Rngs):
         self.in_channels = in_channels
         kw = dict(bn_momentum=bn_momentum, rngs=rngs)
         self.Conv3d_1a_7x7 = Unit3D(in_channels, 64, 7, 2, **kw)
         self.Conv3d_2b_1x1 = Unit3D(64, 64, 1, **kw)
         self.Conv3d_2c_3x3 = Unit3D(64, 192, 3, **kw)
-        for name, (kernel, stride) in POOLS.items():
+        for name, (kernel, stride) in I3D_POOLS.items():
             setattr(self, name, MaxPool3d(kernel, stride, "SAME"))
         channels = 192
-        for name, widths in MIXED.items():
+        for name, widths in I3D_MIXED.items():
             block = InceptionModule(channels, widths, **kw)
             setattr(self, name, block)
             channels = block.out_features
@@ -97,35 +81,32 @@ class InceptionI3d(nnx.Module):
         self.dropout = nnx.Dropout(dropout, rngs=rngs)
         self.logits = Unit3D(channels, num_classes, 1, use_bn=False, use_bias=True, activation=False, rngs=rngs)
 
-    def feature_map(self, x: jax.Array, endpoint: str = "Mixed_5c") -> jax.Array:
-        """Activations after `endpoint` (one of ENDPOINTS), NDHWC."""
-        if endpoint not in ENDPOINTS:
-            raise ValueError(f"unknown endpoint {endpoint!r}; expected one of {', '.join(ENDPOINTS)}")
+    def forward_map(self, x: jax.Array, endpoint: str = "Mixed_5c") -> jax.Array:
+        """Activations after `endpoint` (one of `archfacts.I3D_ENDPOINTS`; default the last, Mixed_5c), NDHWC."""
+        layers = i3d_endpoints_through(endpoint)
         check_video_input(x, channels=self.in_channels, name="I3D")
-        for name in ENDPOINTS:
+        for name in layers:
             x = getattr(self, name)(x)
-            if name == endpoint:
-                break
         return x
 
-    def _pooled(self, x: jax.Array) -> jax.Array:
-        x = self.feature_map(x)
-        window = tuple(min(k, n) for k, n in zip(LOGITS_POOL, x.shape[1:4]))
+    def _logits_pool(self, x: jax.Array) -> jax.Array:
+        """The head's average pool of the Mixed_5c map: DeepMind's window, clamped to the map."""
+        window = tuple(min(k, n) for k, n in zip(I3D_LOGITS_POOL, x.shape[1:4]))
         return avg_pool3d(x, window, 1)
 
     def forward_features(self, x: jax.Array) -> jax.Array:
         """(B, 1024): the average-pooled Mixed_5c map, averaged over its remaining positions."""
-        return jnp.mean(self._pooled(x), axis=(1, 2, 3))
+        return jnp.mean(self._logits_pool(self.forward_map(x)), axis=(1, 2, 3))
 
     def time_logits(self, x: jax.Array) -> jax.Array:
         """Per-time logits (B, T', num_classes), averaged over space; piergiaj's model output (transposed)."""
-        return jnp.mean(self.logits(self.dropout(self._pooled(x))), axis=(2, 3))
+        return jnp.mean(self.logits(self.dropout(self._logits_pool(self.forward_map(x)))), axis=(2, 3))
 
     def __call__(self, x: jax.Array) -> jax.Array:
         return jnp.mean(self.time_logits(x), axis=1)
 
 
-def i3d(*, num_classes: int = 400, in_channels: int = 3, dropout: float = 0.5, bn_momentum: float = BN_MOMENTUM,
+def i3d(*, num_classes: int = 400, in_channels: int = 3, dropout: float = 0.5, bn_momentum: float = I3D_BN_MOMENTUM,
         rngs: nnx.Rngs) -> InceptionI3d:
     """I3D (Inception-v1 inflated, DeepMind's layout); in_channels=2 for optical-flow input."""
     return InceptionI3d(num_classes, in_channels, dropout, bn_momentum, rngs=rngs)

@@ -9,55 +9,22 @@ empty key map:
 - c2d_r50 / i3d_r50 put a (2, 1, 1) max-pool after the first stage as `blocks.2`;
 - the head (`blocks.5` or `blocks.6`): average pool, dropout, `proj`.
 
-The hub models pool the last map with a fixed AvgPool3d kernel built for the canonical clip
-(`HEAD_POOL_KERNELS`); here the default is a global average, which equals it at that clip and also
-works at other clip sizes. Pass `head_pool_kernel=` to reproduce the fixed pool elsewhere.
+The hub models pool the last map with a fixed AvgPool3d kernel built for the canonical clip (the
+record's `head_pool_kernel`, `v3d_flax.registry.model_spec(name)`); here the default is a global
+average, which equals it at that clip and also works at other clip sizes. Pass `head_pool_kernel=`
+to reproduce the fixed pool elsewhere.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from functools import partial
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from v3d_flax.records.resnet50 import RESNET50_SPECS, ArchSpec, bottleneck_stages
 from v3d_flax.layers import BatchNorm, Conv3d, Linear, MaxPool3d, avg_pool3d, check_video_input, max_pool3d
-
-DEPTHS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
-
-
-@dataclass(frozen=True)
-class ArchSpec:
-    """What distinguishes the members of PyTorchVideo's ResNet family (`create_resnet`/`create_csn`/
-    `create_r2plus1d` as its hub models call them)."""
-
-    depth: int
-    stem_kt: int  # temporal kernel of the 7x7 stem conv
-    stem_pool: bool  # 1x3x3 stride (1, 2, 2) max-pool at the end of the stem
-    stage1_pool: bool  # (2, 1, 1) max-pool after the first stage (inserted as blocks.2)
-    conv_a_kt: tuple  # per stage: temporal kernels of conv_a, cycled over the stage's blocks
-    conv_b: str  # "spatial" (1x3x3), "depthwise" (3x3x3 channel-separated) or "2plus1d"
-    spatial_strides: tuple
-    temporal_strides: tuple
-    head_pool_kernel: tuple  # the hub model's fixed AvgPool3d kernel (reached at CANONICAL_CLIPS)
-    dropout: float = 0.5  # before `proj`; PyTorchVideo's csn_r101 has none
-
-
-SPECS = {
-    "i3d_r50": ArchSpec(50, 5, True, True, ((3,), (3, 1), (3, 1), (1, 3)), "spatial",
-                        (1, 2, 2, 2), (1, 1, 1, 1), (4, 7, 7)),
-    "slow_r50": ArchSpec(50, 1, True, False, ((1,), (1,), (3,), (3,)), "spatial",
-                         (1, 2, 2, 2), (1, 1, 1, 1), (8, 7, 7)),
-    "c2d_r50": ArchSpec(50, 1, True, True, ((1,), (1,), (1,), (1,)), "spatial",
-                        (1, 2, 2, 2), (1, 1, 1, 1), (4, 7, 7)),
-    "csn_r101": ArchSpec(101, 3, True, False, ((1,),) * 4, "depthwise",
-                         (1, 2, 2, 2), (1, 2, 2, 2), (4, 7, 7), dropout=0.0),
-    "r2plus1d_r50": ArchSpec(50, 1, False, False, ((1,),) * 4, "2plus1d",
-                             (2, 2, 2, 2), (1, 1, 2, 2), (4, 7, 7)),
-}
-HEAD_POOL_KERNELS = {name: spec.head_pool_kernel for name, spec in SPECS.items()}
 
 
 class Conv2plus1d(nnx.Module):
@@ -169,23 +136,21 @@ class Head(nnx.Module):
 
 
 class PTVResNet(nnx.Module):
-    """A PyTorchVideo-layout bottleneck ResNet described by an `ArchSpec` (see `SPECS`)."""
+    """A PyTorchVideo-layout bottleneck ResNet described by an `ArchSpec` (see `archfacts.RESNET50_SPECS`)."""
 
     def __init__(self, spec: ArchSpec, *, num_classes: int = 400, dropout: float | None = None,
                  in_channels: int = 3, head_pool_kernel=None, rngs: nnx.Rngs):
         dropout = spec.dropout if dropout is None else dropout
         self.spec, self.in_channels = spec, in_channels
         blocks = [Stem(in_channels, 64, spec.stem_kt, spec.stem_pool, rngs=rngs)]
-        dim_in, dim_out = 64, 256
-        for i, depth in enumerate(DEPTHS[spec.depth]):
+        stages = bottleneck_stages(spec.depth)
+        for i, (depth, *dims) in enumerate(stages):
             stride = (spec.temporal_strides[i], spec.spatial_strides[i], spec.spatial_strides[i])
-            blocks.append(ResStage(depth, dim_in, dim_out // 4, dim_out, spec.conv_a_kt[i], spec.conv_b, stride,
-                                   rngs=rngs))
+            blocks.append(ResStage(depth, *dims, spec.conv_a_kt[i], spec.conv_b, stride, rngs=rngs))
             if i == 0 and spec.stage1_pool:
                 blocks.append(MaxPool3d((2, 1, 1), (2, 1, 1)))
-            dim_in, dim_out = dim_out, dim_out * 2
-        self.num_features = dim_in
-        blocks.append(Head(dim_in, num_classes, dropout, head_pool_kernel, rngs=rngs))
+        self.num_features = stages[-1][-1]  # res5's output width
+        blocks.append(Head(self.num_features, num_classes, dropout, head_pool_kernel, rngs=rngs))
         self.blocks = nnx.List(blocks)
 
     def _check(self, x):
@@ -210,7 +175,7 @@ class PTVResNet(nnx.Module):
 
 
 def _factory(name: str, **kwargs) -> PTVResNet:
-    return PTVResNet(SPECS[name], **kwargs)
+    return PTVResNet(RESNET50_SPECS[name], **kwargs)
 
 
 i3d_r50 = partial(_factory, "i3d_r50")

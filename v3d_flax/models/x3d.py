@@ -7,41 +7,14 @@ depthwise conv (they run in that order). Depthwise convs are `Conv3d(groups=chan
 
 from __future__ import annotations
 
-import math
 from functools import partial
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from v3d_flax.records.x3d import X3D_DEPTH_FACTORS, round_width, x3d_dims
 from v3d_flax.layers import BatchNorm, Conv3d, Linear, ReLU, Sequential, avg_pool3d, check_video_input
-
-# PyTorchVideo's X3D head pools with a stride-1 kernel fixed by the clip it was built for,
-# (T, ceil(crop / 32), ceil(crop / 32)); pass it as head_pool_kernel to reproduce its outputs at
-# larger test crops (its recipes test XS/S at 182, M at 256).
-PYTORCHVIDEO_HEAD_POOL_KERNEL = {"x3d_xs": (4, 5, 5), "x3d_s": (13, 5, 5), "x3d_m": (16, 7, 7), "x3d_l": (16, 10, 10)}
-
-
-def round_width(width: float, multiplier: float, min_width: int = 8, divisor: int = 8) -> int:
-    """PyTorchVideo's channel rounding: width * multiplier to a multiple of divisor, not below 90%."""
-    width *= multiplier
-    out = max(min_width, int(width + divisor / 2) // divisor * divisor)
-    if out < 0.9 * width:
-        out += divisor
-    return int(out)
-
-
-def x3d_dims(width_factor: float = 2.0, depth_factor: float = 2.2, bottleneck_factor: float = 2.25,
-             stem_dim_in: int = 12):
-    """(stem width, [(depth, dim_inner, dim_out) per stage]) as create_x3d computes them."""
-    stage_dims = [stem_dim_in]
-    for _ in range(3):
-        stage_dims.append(round_width(stage_dims[-1], 2.0))
-    stages = []
-    for base, repeats in zip(stage_dims, (1, 2, 5, 3)):
-        dim_out = round_width(base, width_factor)
-        stages.append((int(math.ceil(depth_factor * repeats)), int(bottleneck_factor * dim_out), dim_out))
-    return round_width(stem_dim_in, width_factor), stages
 
 
 class Identity(nnx.Module):
@@ -178,8 +151,9 @@ class X3D(nnx.Module):
     """X3D-{XS,S,M,L} on NDHWC clips; returns logits (PyTorchVideo's hub X3D returns their softmax).
 
     `head_pool_kernel=None` pools globally (any clip size, equal to PyTorchVideo at its build-time
-    clip); pass (T, ceil(crop / 32), ceil(crop / 32)) of that clip to reproduce PyTorchVideo's
-    fixed-kernel head when evaluating at a larger crop (e.g. X3D-XS built at 160, tested at 182).
+    clip); pass (T, ceil(crop / 32), ceil(crop / 32)) of that clip (the record's `head_pool_kernel`)
+    to reproduce PyTorchVideo's fixed-kernel head when evaluating at a larger crop (e.g. X3D-XS built
+    at 160, tested at 182 as its hub recipe does).
     """
 
     def __init__(self, *, num_classes: int = 400, depth_factor: float = 2.2, width_factor: float = 2.0,
@@ -192,10 +166,12 @@ class X3D(nnx.Module):
         for depth, dim_inner, dim_out in stages:
             blocks.append(ResStage(depth, dim_in, dim_inner, dim_out, se_ratio, rngs=rngs))
             dim_in = dim_out
+        self.num_features = head_dim
         blocks.append(Head(dim_in, dim_inner, head_dim, num_classes, dropout, head_pool_kernel, rngs=rngs))
         self.blocks = nnx.List(blocks)
 
-    def _trunk(self, x):
+    def forward_map(self, x: jax.Array) -> jax.Array:
+        """res5's feature map (B, t, h, w, 192) that the head's ProjectedPool pools."""
         check_video_input(x, channels=self.in_channels, name="X3D")
         for block in list(self.blocks)[:5]:
             x = block(x)
@@ -203,13 +179,13 @@ class X3D(nnx.Module):
 
     def forward_features(self, x: jax.Array) -> jax.Array:
         """Pooled head features (B, 2048) after post_conv and its ReLU, before dropout and proj."""
-        return jnp.mean(self.blocks[5].pool(self._trunk(x)), axis=(1, 2, 3))
+        return jnp.mean(self.blocks[5].pool(self.forward_map(x)), axis=(1, 2, 3))
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        return self.blocks[5](self._trunk(x))
+        return self.blocks[5](self.forward_map(x))
 
 
-x3d_xs = partial(X3D, depth_factor=2.2)
-x3d_s = partial(X3D, depth_factor=2.2)
-x3d_m = partial(X3D, depth_factor=2.2)
-x3d_l = partial(X3D, depth_factor=5.0)
+x3d_xs = partial(X3D, depth_factor=X3D_DEPTH_FACTORS["x3d_xs"])
+x3d_s = partial(X3D, depth_factor=X3D_DEPTH_FACTORS["x3d_s"])
+x3d_m = partial(X3D, depth_factor=X3D_DEPTH_FACTORS["x3d_m"])
+x3d_l = partial(X3D, depth_factor=X3D_DEPTH_FACTORS["x3d_l"])

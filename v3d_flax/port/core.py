@@ -14,7 +14,6 @@ The Flax models mirror the PyTorch reference module for module, so a Flax module
 
 from __future__ import annotations
 
-import fnmatch
 import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping
@@ -24,7 +23,7 @@ import numpy as np
 from flax import nnx
 
 from v3d_flax.layers import BatchNorm, Conv3d, Linear
-from v3d_flax.port.keymaps import KEYMAPS
+from v3d_flax.port.sources import check_source
 
 CONV_TO_FLAX = (2, 3, 4, 1, 0)  # (O, I, kT, kH, kW) -> (kT, kH, kW, I, O)
 CONV_TO_TORCH = (4, 3, 0, 1, 2)  # inverse permutation
@@ -122,10 +121,24 @@ def _module_key(path: tuple) -> str:
     return ".".join(str(p) for p in path)
 
 
+def _definition_rank(model: nnx.Module, path: tuple) -> tuple:
+    """Where the module at `path` stands in its parents' attribute order: on a model its factory just
+    built, the order its __init__ assigned them, which is its torch twin's state_dict order (nnx.split /
+    merge sort attributes by name, so a merged model ranks by name)."""
+    node, rank = model, []
+    for part in path:
+        names = [n for n in vars(node) if not n.startswith("_")]
+        rank.append(names.index(str(part)) if str(part) in names else int(part))
+        node = node[part] if isinstance(part, int) else getattr(node, part)
+    return tuple(rank)
+
+
 def _param_slots(model: nnx.Module) -> list:
-    """(torch_key, module, flax_attr, kind) for every tensor the torch twin holds; all state covered."""
+    """(torch_key, module, flax_attr, kind) for every tensor the torch twin holds, in the model's
+    attribute order (`_definition_rank`); all state covered."""
     slots, covered = [], set()
-    for path, module in nnx.iter_modules(model):
+    modules = sorted(nnx.iter_modules(model), key=lambda item: _definition_rank(model, item[0]))
+    for path, module in modules:
         for slot in _module_slots(path, module):
             slots.append(slot)
             covered.add((*path, slot[2]))
@@ -199,18 +212,16 @@ def _torch_to_flax(value: np.ndarray, module, kind: str) -> np.ndarray:
 
 
 def rename_keys(state_dict: Mapping[str, Any], source: str, arch: str | None) -> dict[str, Any]:
-    """Apply the key map of `source` (for model `arch`) to every key; drop keys mapped to None."""
-    if source not in KEYMAPS:
-        raise ValueError(f"unknown source {source!r}; known sources: {', '.join(sorted(KEYMAPS))}")
-    rules: list = []
-    entries = KEYMAPS[source]
-    if entries:
-        matched = [r for pattern, r in entries if arch is not None and fnmatch.fnmatchcase(arch, pattern)]
-        if not matched:
-            supported = ", ".join(p for p, _ in entries)
-            raise ValueError(f"source {source!r} has no key map for model {arch!r}; it covers: {supported}")
-        rules = [rule for r in matched for rule in r]
-    compiled = [(re.compile(p), repl) for p, repl in rules]
+    """Apply the key rules of state_dict source `source` (`v3d_flax.port.sources`), then those the record
+    of model `arch` has for it (`ModelSpec.key_rules`), to every key; drop the keys a rule maps to None. ValueError for a source that does not serve `arch`."""
+    found = check_source(source, arch)
+    if found.kind != "state_dict":
+        raise ValueError(f"source {source!r} is not a PyTorch state_dict naming ({found.kind}: {found.checkpoints}); "
+                         f"load it with port.load_weights")
+    from v3d_flax.registry import list_models, model_spec
+
+    own = model_spec(arch).key_rules.get(source, ()) if arch in list_models() else ()
+    compiled = [(re.compile(p), repl) for p, repl in (*found.rules, *own)]
     renamed: dict[str, Any] = {}
     for key, value in state_dict.items():
         new: str | None = key
@@ -236,8 +247,8 @@ def from_torch(model: nnx.Module, state_dict: Mapping[str, Any], *, source: str 
                strict: bool = True) -> PortReport:
     """Copy a PyTorch state_dict (torch tensors or numpy arrays) into the Flax `model` in place.
 
-    `source` names the key map (see `v3d_flax.port.keymaps`): "v3d" for `v3d_torch_ref` models,
-    or a public checkpoint family. With `strict=True`, any missing, unexpected or mis-shaped key
+    `source` names a state_dict source (`v3d_flax.port.sources`): "v3d" for `v3d_torch_ref` models,
+    or a public checkpoint family (`port.load_weights` loads every kind of source). With `strict=True`, any missing, unexpected or mis-shaped key
     raises `PortError` naming them all and leaves the model untouched; with `strict=False` the
     keys that fit are loaded and a `PortReport` lists the rest.
     """
@@ -269,7 +280,8 @@ def from_torch(model: nnx.Module, state_dict: Mapping[str, Any], *, source: str 
 
 
 def to_torch(model: nnx.Module) -> dict[str, "Any"]:
-    """The Flax model's weights as a PyTorch state_dict in v3d_torch_ref's (torchvision's) naming."""
+    """The Flax model's weights as a PyTorch state_dict in v3d_torch_ref's (torchvision's) naming, in
+    the model's attribute order (the reference's key order for a model as its factory built it)."""
     from v3d_flax.extras import require
 
     torch = require("torch", "port.to_torch (PyTorch tensors)")

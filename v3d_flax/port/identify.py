@@ -1,8 +1,8 @@
 """Which registered model a checkpoint belongs to, from its key names and shapes alone.
 
 Each candidate's expected keys come from an abstract model (`registry.abstract_model`: shapes, no weights),
-as torch keys (`torch_shapes`, after each key map of `v3d_flax.port.keymaps`) or as the "/"-joined
-NNX paths of a Flax checkpoint. Building even an abstract model costs up to seconds, so the search
+as torch keys (`torch_shapes`, after the key rules of each state_dict source of `v3d_flax.port.sources`)
+or as the "/"-joined NNX paths of a Flax checkpoint. Building even an abstract model costs up to seconds, so the search
 stops at the first model whose keys are the checkpoint's (`Match.complete`), and tries the model the
 user named first, then one model per model file (family), entering a family whose key names (indices
 aside) are the checkpoint's.
@@ -63,12 +63,10 @@ def expected_shapes(name: str, kind: str = "torch") -> dict[str, tuple[int, ...]
 
 
 def _sources_for(name: str, first: str | None) -> list[str]:
-    """The key sources that have a map for `name`, `first` first."""
-    import fnmatch
+    """The state_dict sources that serve `name`, `first` first."""
+    from v3d_flax.port.sources import SOURCES
 
-    from v3d_flax.port.keymaps import KEYMAPS
-
-    out = [s for s, entries in KEYMAPS.items() if not entries or any(fnmatch.fnmatchcase(name, p) for p, _ in entries)]
+    out = [s for s, source in SOURCES.items() if source.kind == "state_dict" and source.serves(name)]
     return sorted(out, key=lambda s: s != first)
 
 

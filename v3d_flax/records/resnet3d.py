@@ -2,6 +2,25 @@
 
 from v3d_flax.preprocessing import TORCHVISION_KINETICS, TORCHVISION_ROUNDING, Recipe
 from v3d_flax.registry import ModelSpec, Published, register_model
+from v3d_flax.weights import TORCHVISION_PUBLISHER, Metrics, Weights, WeightsFile
+
+# --- architecture: the tables and rules both frameworks' model files build from ---
+
+VIDEO_RESNET_WIDTHS = (64, 128, 256, 512)
+_R3D = dict(stem="r3d", conv_kinds=("3d",) * 4)
+_MC3 = dict(stem="r3d", conv_kinds=("3d", "no_temporal", "no_temporal", "no_temporal"))
+_R2PLUS1D = dict(stem="r2plus1d", conv_kinds=("2plus1d",) * 4)
+# name -> the VideoResNet arguments: stem, the residual blocks' conv kind per stage, blocks per stage.
+VIDEO_RESNETS = {
+    "r3d_18": dict(layers=(2, 2, 2, 2), **_R3D),
+    "r3d_34": dict(layers=(3, 4, 6, 3), **_R3D),
+    "mc3_18": dict(layers=(2, 2, 2, 2), **_MC3),
+    "r2plus1d_18": dict(layers=(2, 2, 2, 2), **_R2PLUS1D),
+    "r2plus1d_34": dict(layers=(3, 4, 6, 3), **_R2PLUS1D),
+}
+
+
+# --- records ---
 
 # torchvision's `VideoClassification` preset: resize to 128x171, centre crop 112 (offset int(round(...)));
 # clips of 16 frames at 15 fps, 5 clips per video in its published evaluation.
@@ -10,8 +29,27 @@ TORCHVISION_TEST = Recipe(frames=16, rate=1, resize=(128, 171), crop=112, clips=
 _COMMON = dict(clip=(16, 112, 112), recipe=TORCHVISION_TEST, normalization=TORCHVISION_KINETICS, classifier="fc",
                sources=("v3d", "torchvision"))
 
+
+
+def _torchvision_kinetics400(file: str, top1: float, top5: float, size_mb: float) -> Weights:
+    """torchvision's Kinetics-400 weights `file` (its name ends in the first 8 hex digits of its SHA-256)."""
+    return Weights(
+        name="kinetics400", files=(WeightsFile(f"https://download.pytorch.org/models/{file}",
+                                               sha256=file.rsplit("-", 1)[1].split(".")[0]),),
+        dataset="Kinetics-400", num_classes=400, classes="kinetics400", size_mb=size_mb,
+        metrics=(Metrics("Kinetics-400 val", "5 clips, video-level", "torchvision's weights metadata", top1, top5),),
+        notes="class order: torchvision's Kinetics-400 categories (alphabetical); v3d's kinetics400 list is "
+              "DeepMind's label_map.txt, not compared name by name with torchvision's", **TORCHVISION_PUBLISHER)
+
+
+# torchvision's Kinetics-400 files: (file, acc@1, acc@5, MB)
+_WEIGHTS = {"r3d_18": ("r3d_18-b3b3357e.pth", 63.200, 83.479, 127.4),
+            "mc3_18": ("mc3_18-a90a0ba3.pth", 63.960, 84.130, 44.7),
+            "r2plus1d_18": ("r2plus1d_18-91a641e6.pth", 67.463, 86.175, 120.3)}
+
 for _name, _published in (("r3d_18", (33_371_472, 40.70)), ("r3d_34", None), ("mc3_18", (11_695_440, 43.34)),
                           ("r2plus1d_18", (31_505_325, 40.52)), ("r2plus1d_34", None)):
     register_model(ModelSpec(
         name=_name, factory=f"v3d_flax.models.resnet3d:{_name}",
-        published=Published(*_published, 400, "torchvision") if _published else None, **_COMMON))
+        published=Published(*_published, 400, "torchvision") if _published else None,
+        weights=(_torchvision_kinetics400(*_WEIGHTS[_name]),) if _name in _WEIGHTS else (), **_COMMON))

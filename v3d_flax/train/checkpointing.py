@@ -20,6 +20,7 @@ import warnings
 import jax
 import orbax.checkpoint as ocp
 
+from v3d_flax.checkpoints import atomic_write, read_run_info, saved_steps, step_directory
 from v3d_flax.train.state import is_key
 
 
@@ -27,22 +28,12 @@ class WorkdirError(RuntimeError):
     """The workdir belongs to another run (another model) and must not be touched."""
 
 
-def read_run_info(workdir: str) -> dict | None:
-    """run.json of the run that owns `workdir` (model, dataset, classes, config), or None."""
-    path = os.path.join(workdir, "run.json")
-    if not os.path.isfile(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
-
-
 def check_workdir(workdir: str, model: str) -> None:
     """WorkdirError if `workdir` holds another model's run; reads only, writes nothing."""
     info = read_run_info(workdir)
     if info is None:
         ckpt = os.path.join(workdir, "checkpoints")
-        steps = sorted((int(d) for d in os.listdir(ckpt) if d.isdigit()), reverse=True) if os.path.isdir(ckpt) else []
-        for step in steps:
+        for step in saved_steps(ckpt):
             meta = os.path.join(ckpt, str(step), "meta", "metadata")
             if os.path.isfile(meta):
                 with open(meta) as f:
@@ -75,10 +66,12 @@ def write_run_info(workdir: str, info: dict) -> None:
     """Record which run owns the workdir (first process only)."""
     if jax.process_index() == 0:
         os.makedirs(workdir, exist_ok=True)
-        tmp = os.path.join(workdir, "run.json.tmp")
-        with open(tmp, "w") as f:
-            json.dump(info, f, indent=1)
-        os.replace(tmp, os.path.join(workdir, "run.json"))
+
+        def write(tmp):
+            with open(tmp, "w", encoding="utf-8") as f:
+                json.dump(info, f, indent=1)
+
+        atomic_write(os.path.join(workdir, "run.json"), write)
 
 
 def _keys_to_data(tree):
@@ -160,10 +153,6 @@ class Checkpointer:
                 self._quarantine(step)
         return None
 
-    def restore_step(self, step: int, template: dict, sharding, *, best: bool = False) -> tuple[dict, dict]:
-        """(state, meta) of checkpoint `step` (from the best directory when `best`)."""
-        return self._restore(self.best if best else self.latest, step, template, sharding)
-
     @staticmethod
     def _restore(manager, step, template, sharding):
         args = ocp.args.Composite(state=ocp.args.StandardRestore(_abstract(template, sharding)),
@@ -203,22 +192,14 @@ class Checkpointer:
 
 
 def load_orbax_params(path: str, template: dict, sharding) -> dict:
-    """{"params", "rest"} from an orbax checkpoint directory written by this trainer: a workdir,
-    its checkpoints/ or best/ directory, or one step directory (for --init-from)."""
-    path = os.path.abspath(path)
-    candidates = [path, os.path.join(path, "best"), os.path.join(path, "checkpoints")]
-    for root in candidates:
-        if os.path.isdir(os.path.join(root, "state")) and os.path.basename(root).isdigit():
-            manager = ocp.CheckpointManager(os.path.dirname(root), options=ocp.CheckpointManagerOptions(read_only=True))
-            step = int(os.path.basename(root))
-            break
-        if os.path.isdir(root) and any(d.isdigit() for d in os.listdir(root)):
-            manager = ocp.CheckpointManager(root, options=ocp.CheckpointManagerOptions(read_only=True))
-            step = manager.latest_step()
-            if step is not None:
-                break
-    else:
-        raise FileNotFoundError(f"no orbax checkpoint of this trainer under {path!r}")
+    """{"params", "rest"} from an orbax checkpoint directory written by this trainer: a workdir (its best
+    checkpoint, else its newest), its checkpoints/ or best/ directory, or one step directory
+    (`checkpoints.step_directory`; for --init-from)."""
+    step_dir = step_directory(path)
+    if step_dir is None or not os.path.basename(step_dir).isdigit():
+        raise FileNotFoundError(f"no orbax checkpoint of this trainer under {os.path.abspath(path)!r}")
+    manager = ocp.CheckpointManager(os.path.dirname(step_dir), options=ocp.CheckpointManagerOptions(read_only=True))
+    step = int(os.path.basename(step_dir))
     # Restore only the model part; the optimizer state of another run is irrelevant here.
     sub = {"params": template["params"], "rest": template["rest"]}
     args = ocp.args.Composite(state=ocp.args.PyTreeRestore(

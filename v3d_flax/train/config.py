@@ -1,17 +1,24 @@
-"""The training run's configuration: one frozen dataclass built from train.py's flags.
+"""The training run's configuration: one frozen dataclass whose fields are train.py's flags.
 
+Each field's metadata holds its flag's help text, argument type and group (`option`), so the
+command line (`v3d_flax.train.cli`) is built from the dataclass and the defaults live here only.
 Fields left as `None` are filled by `resolve` from the accelerator: a CPU run defaults to a small
 clip and a short schedule that finish within minutes on two cores; GPU/TPU runs default to the
 model's canonical clip; a model's own CPU settings (C3D's) come from its record
-(`v3d_flax.registry.model_spec(name).cpu_defaults`).
+(`v3d_flax.registry.model_spec(name).cpu_defaults`). Nothing here imports JAX.
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from v3d_flax.archfacts import CONV_IMPLS
+from v3d_flax.cli import model_name
+from v3d_flax.port.sources import list_sources
 
 DEFAULT_DATASET = "v3d_synthetic_motion"
 
@@ -23,46 +30,158 @@ CPU_DEFAULTS = dict(steps=150, batch_size=16, num_frames=16, crop_size=16, lr=0.
 ACCEL_DEFAULTS = dict(steps=20_000, batch_size=64, lr=0.1, warmup_steps=1_000, log_every=50, eval_every=2_000)
 
 
+# --help's groups, in order.
+GROUPS = ("model and data", "devices and processes", "optimisation", "outputs, evaluation and checkpoints")
+
+
+def _number(kind, accept, expected: str):
+    """argparse type: a `kind` (int or float) for which `accept(value)` holds, else "expected <expected>"."""
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or not accept(value):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return value
+    return parse
+
+
+def positive(kind):
+    """argparse type: a `kind` (int or float) > 0."""
+    return _number(kind, lambda v: v > 0, f"a positive {kind.__name__}")
+
+
+def non_negative(kind):
+    """argparse type: a `kind` (int or float) >= 0."""
+    return _number(kind, lambda v: v >= 0, f"a non-negative {kind.__name__}")
+
+
+fraction = _number(float, lambda v: 0 <= v < 1, "a number in [0, 1)")  # argparse type: a number in [0, 1)
+
+
+def views(text):
+    """argparse type of --eval-views: 'CLIPSxCROPS' (see `parse_views`)."""
+    try:
+        return parse_views(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e))
+
+
+def option(default=None, *, group: str, help: str, type=None, choices=None, metavar=None, flag=None, action=None):
+    """A TrainConfig field with its command-line flag in --help's `group`: `help` is a template
+    (`v3d_flax.train.cli.help_text` fills it), `flag` defaults to --<field-name>, `action` is argparse's
+    ("store_true", "store_false")."""
+    if group not in GROUPS:
+        raise ValueError(f"option group must be one of {GROUPS}, got {group!r}")
+    meta = dict(group=group, help=help, type=type, choices=choices, metavar=metavar, flag=flag, action=action)
+    return field(default=default, metadata=meta)  # dataclasses.MISSING: a required field
+
+
+_MODEL, _DEVICES, _OPT, _OUT = GROUPS
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Every setting of a training or evaluation run (see train.py --help for each field)."""
 
-    model: str
-    accelerator: str = "cpu"
-    dataset: str = DEFAULT_DATASET
-    data_dir: str | None = None
-    workdir: str | None = None
-    steps: int | None = None
-    batch_size: int | None = None
-    num_frames: int | None = None
-    crop_size: int | None = None
-    lr: float | None = None
-    optimizer: str | None = None
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    label_smoothing: float | None = None
-    dropout: float | None = None  # None: the model's own rate
-    warmup_steps: int | None = None
-    grad_clip: float = 1.0
-    seed: int = 0
-    precision: str = "fp32"
-    remat: bool = False
-    grad_accum: int = 1
-    log_every: int | None = None
-    eval_every: int | None = None
-    checkpoint_every: int = 0
-    checkpoint_minutes: float = 10.0
-    keep_checkpoints: int = 2
-    init_from: str | None = None
-    init_source: str = "v3d"
-    eval_only: bool = False
-    eval_views: tuple[int, int] = (1, 1)
-    eval_batch_size: int | None = None
-    parallel: str = "jit"
-    coordinator_address: str | None = None
-    num_processes: int | None = None
-    process_id: int | None = None
-    progress: bool = True
+    model: str = option(dataclasses.MISSING, group=_MODEL, type=model_name, metavar="NAME",
+                        help="model to train, one of: {models}")
+    dataset: str = option(DEFAULT_DATASET, group=_MODEL,
+                          help="'{default}' (embedded, generated locally, class decided only by motion), 'ucf101' "
+                               "through TensorFlow Datasets, or any TFDS dataset with a video feature and a class "
+                               "label (default: {default})")
+    data_dir: str | None = option(group=_MODEL, help="TFDS data_dir (a local path or gs://bucket/path); default: "
+                                                     "TFDS's own (~/tensorflow_datasets)")
+    num_frames: int | None = option(group=_MODEL, type=positive(int),
+                                    help="frames per clip (cpu: {cpu}, gpu/tpu: the model's canonical clip)")
+    crop_size: int | None = option(group=_MODEL, type=positive(int),
+                                   help="square crop in pixels (cpu: {cpu}, gpu/tpu: the model's canonical clip)")
+    init_from: str | None = option(group=_MODEL, metavar="PATH",
+                                   help="initialise from a checkpoint file (.pt/.pth/.safetensors, or a TensorFlow "
+                                        "checkpoint prefix, through v3d_flax.port) or from an orbax checkpoint of "
+                                        "this trainer (a workdir, its checkpoints/ or best/ directory, or one step "
+                                        "directory); the classifier the model's record names starts fresh when its "
+                                        "size differs, any other mis-shaped tensor is an error")
+    init_source: str = option("v3d", group=_MODEL, choices=tuple(list_sources()),
+                              help="checkpoint source (key layout) of an --init-from file (default: {default})")
+
+    accelerator: str = option("cpu", group=_DEVICES, choices=("cpu", "gpu", "tpu"),
+                              help="device kind; a kind JAX cannot find is an error, never a silent CPU fallback "
+                                   "(default: {default})")
+    parallel: str = option("jit", group=_DEVICES, choices=("jit", "pmap"),
+                           help="'jit': the batch sharded over a mesh of every device (default); 'pmap': the same "
+                                "step through jax.pmap with cross-replica BatchNorm (single process)")
+    coordinator_address: str | None = option(group=_DEVICES, metavar="HOST:PORT",
+                                             help="start jax.distributed with this coordinator (with --num-processes "
+                                                  "and --process-id); not needed on Cloud TPU, SLURM or Open MPI, "
+                                                  "which are detected")
+    num_processes: int | None = option(group=_DEVICES, type=positive(int), help="processes in the job")
+    process_id: int | None = option(group=_DEVICES, type=non_negative(int), help="this process's index, from 0")
+
+    steps: int | None = option(group=_OPT, type=positive(int), help="optimizer steps (cpu: {cpu}, gpu/tpu: {gpu})")
+    batch_size: int | None = option(group=_OPT, type=positive(int),
+                                    help="global batch per optimizer step over all devices and processes; must divide "
+                                         "over the devices (cpu: {cpu}, gpu/tpu: {gpu})")
+    lr: float | None = option(group=_OPT, type=positive(float), help="peak learning rate (cpu: {cpu}, gpu/tpu: {gpu})")
+    optimizer: str | None = option(group=_OPT, choices=("sgd", "adamw"),
+                                   help="'sgd': momentum 0.9, Nesterov; 'adamw': decoupled weight decay "
+                                        "(default: {common}{on_cpu})")
+    momentum: float = 0.9  # no flag
+    weight_decay: float = option(1e-4, group=_OPT, type=non_negative(float),
+                                 help="weight decay on conv and linear kernels, never on BatchNorm parameters or "
+                                      "biases (default: {default})")
+    label_smoothing: float | None = option(group=_OPT, type=fraction,
+                                           help="label smoothing (default: {common}{on_cpu})")
+    dropout: float | None = option(group=_OPT, type=fraction,
+                                   help="dropout rate of the model's dropout layers (default: the model's own, e.g. "
+                                        "0.5 for c3d and i3d{on_cpu})")
+    warmup_steps: int | None = option(group=_OPT, type=non_negative(int),
+                                      help="linear warmup steps before the cosine decay (cpu: {cpu}, gpu/tpu: {gpu})")
+    grad_clip: float = option(1.0, group=_OPT, type=non_negative(float),
+                              help="clip gradients to this global norm; 0 disables (default: {default})")
+    seed: int = option(0, group=_OPT, type=int,
+                       help="seed of the initialisation, dropout and the input order (default: {default})")
+    precision: str = option("fp32", group=_OPT, choices=("fp32", "bf16"),
+                            help="'bf16' computes in bfloat16 with float32 parameters and BatchNorm statistics "
+                                 "(default: {default})")
+    remat: bool = option(False, group=_OPT, action="store_true",
+                         help="rematerialise activations per block in the backward pass")
+    conv_impl: str = option("auto", group=_OPT, choices=CONV_IMPLS,
+                            help="formulation of every 3D convolution (v3d_flax.conv): 'auto' picks per backend and "
+                                 "shape, the others force one where it applies (default: {default})")
+    grad_accum: int = option(1, group=_OPT, type=positive(int),
+                             help="accumulate gradients over N micro-batches of batch-size/N (optax.MultiSteps) "
+                                  "(default: {default})")
+
+    workdir: str | None = option(group=_OUT,
+                                 help="where checkpoints, metrics.jsonl, tensorboard/ and curves.png go; rerunning "
+                                      "with the same workdir resumes (default: runs/<model>-<dataset>, so rerunning "
+                                      "the same command resumes)")
+    log_every: int | None = option(group=_OUT, type=positive(int),
+                                   help="log training metrics every N steps (cpu: {cpu}, gpu/tpu: {gpu})")
+    eval_every: int | None = option(group=_OUT, type=non_negative(int),
+                                    help="evaluate every N steps, and always at the end; 0: only at the end "
+                                         "(cpu: {cpu}, gpu/tpu: {gpu})")
+    checkpoint_every: int = option(0, group=_OUT, type=non_negative(int),
+                                   help="also save a checkpoint every N steps; 0: no step interval "
+                                        "(default: {default})")
+    checkpoint_minutes: float = option(10.0, group=_OUT, type=non_negative(float), metavar="M",
+                                       help="save a checkpoint when M minutes of wall time have passed since the last "
+                                            "save, so a crash loses at most about M minutes; 0 disables "
+                                            "(default: {default})")
+    keep_checkpoints: int = option(2, group=_OUT, type=positive(int),
+                                   help="latest checkpoints to keep, besides the best by validation top-1 "
+                                        "(default: {default})")
+    eval_only: bool = option(False, group=_OUT, action="store_true",
+                             help="evaluate the latest checkpoint in --workdir (or --init-from weights) and exit")
+    eval_views: tuple[int, int] = option((1, 1), group=_OUT, type=views, metavar="CLIPSxCROPS",
+                                         help="views per validation video, e.g. 10x3 (10 clips x 3 crops); video-level "
+                                              "accuracy averages their softmax (default: {default})")
+    eval_batch_size: int | None = option(group=_OUT, type=positive(int),
+                                         help="global evaluation batch (default: the training micro-batch)")
+    progress: bool = option(True, group=_OUT, flag="--no-progress", action="store_false",
+                            help="no tqdm progress bars even on a terminal")
 
     def replace(self, **changes) -> "TrainConfig":
         """A copy with `changes` applied."""
@@ -141,6 +260,8 @@ def resolve(config: TrainConfig) -> TrainConfig:
         (config.checkpoint_minutes >= 0, f"--checkpoint-minutes must be >= 0, got {config.checkpoint_minutes}"),
         (config.eval_views[1] in EVAL_CROPS and config.eval_views[0] >= 1,
          f"--eval-views must be CLIPSx1 or CLIPSx3, got {config.eval_views[0]}x{config.eval_views[1]}"),
+        (config.conv_impl in CONV_IMPLS,
+         f"--conv-impl must be one of {', '.join(CONV_IMPLS)}, got {config.conv_impl!r}"),
     ]
     for ok, message in checks:
         if not ok:

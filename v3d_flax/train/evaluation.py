@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from v3d_flax.registry import model_spec
+from v3d_flax.data.metrics import VideoMetrics
 from v3d_flax.train.mesh import batch_sharding, replicated, to_global
 from v3d_flax.train.steps import make_eval_step
 
@@ -19,28 +19,23 @@ def _local_copy(x: jax.Array) -> np.ndarray:
     return np.asarray(x.addressable_data(0))
 
 
-def summarise(logits: np.ndarray, labels: np.ndarray, video_index: np.ndarray) -> dict:
-    """Clip-level loss/top-1/top-5 and video-level top-1/top-5 (softmax averaged over a video's views)."""
-    from v3d_flax.data import video_metrics
-
-    logits_j = jnp.asarray(logits, jnp.float32)
-    labels_j = jnp.asarray(labels, jnp.int32)
-    loss = -jnp.take_along_axis(jax.nn.log_softmax(logits_j), labels_j[:, None], axis=1).mean()
-    m = video_metrics(logits, labels, video_index)
-    return {"loss": float(loss), "top1": m["clip_top1"], "top5": m["clip_top5"], "video_top1": m["video_top1"],
-            "video_top5": m["video_top5"], "num_clips": m["num_clips"], "num_videos": m["num_videos"]}
-
-
 class Evaluator:
-    """Runs the eval split through the jitted eval step; returns one metrics.jsonl record."""
+    """Runs the eval split through the jitted eval step; returns one metrics.jsonl record.
 
-    def __init__(self, defs, config, mesh, info):
-        self.config, self.mesh, self.info = config, mesh, info
+    `normalization` is the model's input normalisation (its record's), `info` the dataset's
+    `DatasetInfo`; the batch is sharded over `mesh` and the state is the replicated one.
+    """
+
+    def __init__(self, defs, config, mesh, info, normalization):
+        self.config, self.mesh, self.info, self.normalization = config, mesh, info, normalization
         step = make_eval_step(defs, precision=config.precision)
         rep, data = replicated(mesh), batch_sharding(mesh)
 
         def eval_batch(state, batch):
-            return step(state, batch), batch["label"], batch["video_index"], batch["mask"]
+            logits = step(state, batch)
+            labels = batch["label"].astype(jnp.int32)
+            loss = -jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], axis=1)[:, 0]
+            return logits, loss, batch["label"], batch["video_index"], batch["mask"]
 
         self._step = jax.jit(eval_batch, in_shardings=(rep, data), out_shardings=rep)
 
@@ -60,12 +55,11 @@ class Evaluator:
         c = self.config
         clips, crops = c.eval_views
         batches = data.eval_batches(c.dataset, data_dir=c.data_dir, batch_size=c.eval_batch_size,
-                                    num_frames=c.num_frames, crop_size=c.crop_size,
-                                    normalization=model_spec(c.model).normalization,
+                                    num_frames=c.num_frames, crop_size=c.crop_size, normalization=self.normalization,
                                     clips=clips, crops=crops, process_index=jax.process_index(),
                                     process_count=jax.process_count())
         show = c.progress and jax.process_index() == 0
-        logits, labels, videos = [], [], []
+        scores, loss_sum = VideoMetrics(), 0.0
         t0, n = time.perf_counter(), 0
         if jax.process_count() > 1:
             should_stop = None
@@ -73,16 +67,16 @@ class Evaluator:
             if should_stop is not None and should_stop():
                 return None
             batch = to_global({k: local[k] for k in ("video", "label", "video_index", "mask")}, self.mesh)
-            out, label, video, mask = (_local_copy(a) for a in self._step(state, batch))
+            logits, loss, label, video, mask = (_local_copy(a) for a in self._step(state, batch))
             keep = mask.astype(bool)
-            logits.append(out[keep])
-            labels.append(label[keep])
-            videos.append(video[keep])
+            scores.update(logits, label, video, keep)
+            loss_sum += float(loss[keep].astype(np.float64).sum())
             n += int(keep.sum())
-        if not logits:
+        if not n:
             raise ValueError(f"the evaluation split of {c.dataset!r} yielded no batches")
-        result = summarise(np.concatenate(logits), np.concatenate(labels), np.concatenate(videos))
+        m = scores.result()
         seconds = time.perf_counter() - t0
-        return {"step": step, "split": "eval", "loss": result.pop("loss"), "top1": result.pop("top1"),
-                "top5": result.pop("top5"), "lr": None, "clips_per_sec": n / seconds if seconds > 0 else 0.0,
-                "views": f"{clips}x{crops}", **result}
+        return {"step": step, "split": "eval", "loss": loss_sum / n, "top1": m["clip_top1"], "top5": m["clip_top5"],
+                "lr": None, "clips_per_sec": n / seconds if seconds > 0 else 0.0, "views": f"{clips}x{crops}",
+                "video_top1": m["video_top1"], "video_top5": m["video_top5"], "num_clips": m["num_clips"],
+                "num_videos": m["num_videos"]}

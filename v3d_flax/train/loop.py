@@ -1,33 +1,36 @@
 """The training loop: `run(config)` trains (or evaluates) one model and writes the workdir.
 
-data -> global batch-sharded arrays -> jitted pure step (state donated) -> metrics, checkpoints.
-Resumption is exact: a checkpoint holds the model state (BatchNorm statistics and dropout RNG
-streams included), the optimizer state, the step, the input position (the batch at step k depends
-only on the seed and k) and the metrics of the unfinished logging window, so a run killed at any
-point and restarted logs the same losses as one that was never interrupted.
+data -> the data-parallel layout's batch (`v3d_flax.train.parallel`) -> compiled pure step (state
+donated) -> metrics, checkpoints. Resumption is exact: a checkpoint holds the model state (BatchNorm
+statistics and dropout RNG streams included), the optimizer state, the step, the input position (the
+batch at step k depends only on the seed and k) and the metrics of the unfinished logging window, so
+a run killed at any point and restarted logs the same losses as one that was never interrupted.
 """
 
 from __future__ import annotations
 
 import itertools
 import os
-import signal
-import threading
 import time
+from dataclasses import dataclass
+from typing import Any
 
 import jax
 import numpy as np
+import optax
 
+from v3d_flax.preprocessing import Normalization
 from v3d_flax.registry import model_spec
-from v3d_flax.train import checkpointing, evaluation
+from v3d_flax.train import checkpointing, evaluation, init_from
 from v3d_flax.train.config import TrainConfig, resolve
-from v3d_flax.train.mesh import (check_batch_divides, init_distributed, make_mesh, replicated, select_devices,
-                                 to_global)
+from v3d_flax.train.mesh import check_batch_divides, init_distributed, replicated, select_devices, to_global
 from v3d_flax.train.metrics import MetricsLogger, format_summary, read_metrics
+from v3d_flax.train.parallel import DataParallel, data_parallel
 from v3d_flax.train.plotting import plot_curves
-from v3d_flax.train.state import (PMAP_AXIS, build_model, build_optimizer, count_params, init_state,
-                                  make_data_init, split_model)
-from v3d_flax.train.steps import (jit_train_step, make_train_step, pmap_train_step)
+from v3d_flax.train.signals import StopRequests
+from v3d_flax.train.state import (ModelDefs, build_model, build_optimizer, count_params, init_state, make_data_init,
+                                  split_model)
+from v3d_flax.train.steps import make_train_step
 
 METRIC_KEYS = ("loss", "top1", "top5", "grad_norm", "lr")  # logged per window
 
@@ -36,78 +39,37 @@ class TrainingDiverged(RuntimeError):
     """The loss became NaN or Inf; the last good checkpoint is kept."""
 
 
-class _StopRequests:
-    """SIGTERM (Cloud's preemption notice) and a first Ctrl-C set flags the loop checks between steps;
-    a second Ctrl-C ends the process at once.
+@dataclass(frozen=True)
+class Trainer:
+    """What the training loop works with, built once by `run_resolved`."""
 
-    The signals are read by a thread from Python's wakeup file descriptor, so they are seen at once
-    even while the main thread waits in XLA (a Python handler would run only when that call returns).
-    """
-
-    def __init__(self):
-        self.preempted = False
-        self.interrupted = False
-        self._previous: dict = {}
-        self._read_fd = self._write_fd = None
-        self._previous_fd = -1
-
-    @property
-    def requested(self) -> bool:
-        """True once the run should save and stop."""
-        return self.preempted or self.interrupted
-
-    def install(self) -> None:
-        """Take over SIGTERM and SIGINT (single process, main thread only; elsewhere nothing changes)."""
-        if jax.process_count() != 1 or threading.current_thread() is not threading.main_thread():
-            return
-        self._read_fd, self._write_fd = os.pipe()
-        os.set_blocking(self._write_fd, False)
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            self._previous[sig] = signal.signal(sig, lambda signum, frame: None)  # seen by the thread
-        self._previous_fd = signal.set_wakeup_fd(self._write_fd, warn_on_full_buffer=False)
-        threading.Thread(target=self._watch, args=(self._read_fd,), daemon=True, name="v3d-signals").start()
-
-    def _watch(self, fd: int) -> None:
-        try:
-            while data := os.read(fd, 64):  # empty once uninstall closes the write end
-                for signum in data:
-                    self._on_signal(signum)
-        finally:
-            os.close(fd)
-
-    def _on_signal(self, signum: int) -> None:
-        if signum == signal.SIGTERM:
-            self.preempted = True
-        elif signum == signal.SIGINT:
-            if self.interrupted:
-                os.write(2, b"\nsecond Ctrl-C: aborting now without saving; rerun the same command to resume "
-                            b"from the last checkpoint\n")
-                os._exit(130)
-            self.interrupted = True
-            os.write(2, b"\nCtrl-C: finishing the current step, then saving a checkpoint and exiting "
-                        b"(press Ctrl-C again to abort at once)\n")
-
-    def uninstall(self) -> None:
-        """Give the signals back to their previous handlers."""
-        if not self._previous:
-            return
-        signal.set_wakeup_fd(self._previous_fd)
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        self._previous = {}
-        os.close(self._write_fd)  # the watcher thread reads end-of-file and closes its end
+    config: TrainConfig  # resolved
+    normalization: Normalization  # the model record's, for the input pipeline
+    defs: ModelDefs
+    tx: optax.GradientTransformation
+    schedule: optax.Schedule
+    parallel: DataParallel
+    info: Any  # the dataset's v3d_flax.data.DatasetInfo
+    ckpt: checkpointing.Checkpointer
+    logger: MetricsLogger
+    evaluator: evaluation.Evaluator
 
 
 def run(config: TrainConfig) -> dict:
-    """Train (or with `eval_only`, evaluate) as `config` says; returns the final metrics.
+    """Train (or with `eval_only`, evaluate) as `config` says, after `resolve` fills its defaults;
+    returns the final metrics.
 
-    Raises AcceleratorError, WorkdirError, ValueError (bad settings) and TrainingDiverged.
+    Raises AcceleratorError, WorkdirError, ValueError (bad settings, a checkpoint that does not fit)
+    and TrainingDiverged.
     """
+    return run_resolved(resolve(config))
+
+
+def run_resolved(config: TrainConfig) -> dict:
+    """`run` for a config that `resolve` already returned (the command line resolves it to check the
+    flags before any device work)."""
     init_distributed(config.coordinator_address, config.num_processes, config.process_id)
-    devices = select_devices(config.accelerator)
-    config = resolve(config)
-    if config.parallel == "pmap" and jax.process_count() > 1:
-        raise ValueError("--parallel pmap runs in a single process; several processes use the default sharded path")
+    parallel = data_parallel(config.parallel, select_devices(config.accelerator))
     checkpointing.check_workdir(config.workdir, config.model)  # before anything is written
     saved_step = checkpointing.latest_saved_step(config.workdir)
     if saved_step is not None and not config.eval_only:
@@ -118,30 +80,35 @@ def run(config: TrainConfig) -> dict:
 
     from v3d_flax import data
 
+    spec = model_spec(config.model)  # the one look-up: what the record says goes down as arguments
     info = data.dataset_info(config.dataset, data_dir=config.data_dir)
-    mesh = make_mesh(devices if config.parallel == "jit" else jax.local_devices(backend=devices[0].platform))
-    micro_batch = config.batch_size // config.grad_accum
-    check_batch_divides(micro_batch, mesh, "--batch-size / --grad-accum")
+    mesh = parallel.mesh
+    check_batch_divides(config.batch_size // config.grad_accum, mesh, "--batch-size / --grad-accum")
     check_batch_divides(config.eval_batch_size, mesh, "the evaluation batch size")
 
     model = build_model(config.model, num_classes=info.num_classes, num_frames=config.num_frames,
                         crop_size=config.crop_size, seed=config.seed, remat=config.remat,
-                        bn_axis_name=PMAP_AXIS if config.parallel == "pmap" else None, dropout=config.dropout)
-    if config.init_from and os.path.isfile(config.init_from):
-        _init_from_torch(model, config)
+                        bn_axis_name=parallel.axis_name, dropout=config.dropout, conv_impl=config.conv_impl)
+    fresh: list[str] = []  # the classifier's tensors that --init-from leaves freshly initialised
+    from_orbax = config.init_from is not None and os.path.isdir(config.init_from)  # else a checkpoint file
+    if config.init_from is not None and not from_orbax:
+        fresh = init_from.load_checkpoint_file(model, config.init_from, source=config.init_source,
+                                               classifier=spec.classifier)
     defs, model_state = split_model(model)
     tx, schedule = build_optimizer(config, config.steps)
     rep = replicated(mesh)
     state = jax.device_put(init_state(model_state, tx), rep)
-    if config.init_from and not os.path.isfile(config.init_from):
-        loaded = checkpointing.load_orbax_params(config.init_from, state, rep)
-        state = {**state, **loaded}
+    if from_orbax:
+        state, fresh = init_from.load_orbax(config.init_from, state, rep, classifier=spec.classifier)
 
     checkpointing.write_run_info(config.workdir, {"model": config.model, "dataset": config.dataset,
                                                   "num_classes": info.num_classes,
                                                   "class_names": list(info.class_names), "config": config.to_json()})
     ckpt = checkpointing.Checkpointer(config.workdir, keep=config.keep_checkpoints)
     logger = MetricsLogger(config.workdir, progress=config.progress)
+    if fresh:
+        logger.print(f"--init-from: the classifier {spec.classifier} starts fresh for {info.num_classes} classes "
+                     f"(the checkpoint's is another size: {', '.join(fresh)})")
     start_step, window = 0, []
     restored = ckpt.restore_latest(state, rep)
     if restored is not None:
@@ -156,7 +123,8 @@ def run(config: TrainConfig) -> dict:
                  f"{len(mesh.devices.flat)} device(s) x {jax.process_count()} process(es), "
                  f"clip {config.num_frames}x{config.crop_size}x{config.crop_size}, global batch {config.batch_size}")
 
-    evaluator = evaluation.Evaluator(defs, config, mesh, info)
+    evaluator = evaluation.Evaluator(defs, config, mesh, info, spec.normalization)
+    trainer = Trainer(config, spec.normalization, defs, tx, schedule, parallel, info, ckpt, logger, evaluator)
     t_start = time.time()
     try:
         if config.eval_only:
@@ -165,8 +133,7 @@ def run(config: TrainConfig) -> dict:
             logger.print(f"eval top1 {result['top1']:.4f} top5 {result['top5']:.4f} "
                          f"video top1 {result['video_top1']:.4f} ({result['views']} views)")
             return result
-        result = _train(config, defs, tx, schedule, state, start_step, window, mesh, info, ckpt, logger, evaluator,
-                        data_init=data_init)
+        result = _train(trainer, state, start_step, window, data_init=data_init)
     finally:
         ckpt.close()
         logger.close()
@@ -215,60 +182,34 @@ def _finished_run(config: TrainConfig, saved_step: int) -> dict | None:
     return {**final[-1], "complete": True}
 
 
-def _init_from_torch(model, config: TrainConfig) -> None:
-    """Load a PyTorch checkpoint through v3d_flax.port; a classifier of another size stays fresh."""
-    from v3d_flax.port import PortError, from_torch, load_torch_checkpoint
-    from v3d_flax.port.core import summarize_keys
-
-    report = from_torch(model, load_torch_checkpoint(config.init_from), source=config.init_source, strict=False)
-    if report.missing or report.unexpected:
-        raise PortError(f"--init-from {config.init_from} does not fit {config.model}: {report.describe()}", report)
-    if report.mismatched and jax.process_index() == 0:
-        print(f"--init-from: kept fresh weights for differently shaped tensors: {summarize_keys(report.mismatched)}")
-
-
-def _train(config, defs, tx, schedule, state, start_step, window, mesh, info, ckpt, logger, evaluator, *,
-           data_init: bool = False) -> dict:
+def _train(trainer: Trainer, state: dict, start_step: int, window: list, *, data_init: bool = False) -> dict:
+    """Train from `start_step` (with the logging `window` a checkpoint restored) to `config.steps`,
+    then evaluate; returns the final eval record (or the stop record after SIGTERM / Ctrl-C)."""
     from v3d_flax import data
 
+    config, parallel, ckpt, logger, evaluator = (trainer.config, trainer.parallel, trainer.ckpt, trainer.logger,
+                                                 trainer.evaluator)
+    mesh = parallel.mesh
     micro_batch = config.batch_size // config.grad_accum
     batches = data.train_batches(
         config.dataset, data_dir=config.data_dir, global_batch_size=micro_batch, num_frames=config.num_frames,
-        crop_size=config.crop_size, normalization=model_spec(config.model).normalization, seed=config.seed,
+        crop_size=config.crop_size, normalization=trainer.normalization, seed=config.seed,
         start_step=start_step * config.grad_accum, stop_step=max(start_step, config.steps) * config.grad_accum,
         process_index=jax.process_index(),
         process_count=jax.process_count())
     if data_init:
         first = next(batches)
         batches = itertools.chain([first], batches)
-        video = first["video"] if config.parallel == "pmap" else to_global(first, mesh)["video"]
-        init = jax.jit(make_data_init(defs), out_shardings=replicated(mesh))
-        state = {**state, "params": init(state["params"], state["rest"], video)}
+        init = jax.jit(make_data_init(trainer.defs), out_shardings=replicated(mesh))
+        state = {**state, "params": init(state["params"], state["rest"], to_global(first, mesh)["video"])}
         logger.print("data-dependent init: every layer rescaled to unit-variance outputs on the first batch")
-    step_fn = make_train_step(defs, tx, schedule, num_classes=info.num_classes,
-                              label_smoothing=config.label_smoothing, precision=config.precision,
-                              grad_accum=config.grad_accum,
-                              axis_name=PMAP_AXIS if config.parallel == "pmap" else None)
-    pmap = config.parallel == "pmap"
-    if pmap:
-        train_step = pmap_train_step(step_fn, PMAP_AXIS)
-        n = mesh.devices.size
-        # One copy per local device along a new leading axis, laid out as pmap expects its inputs.
-        from jax.sharding import Mesh, NamedSharding, PartitionSpec
+    train_step = parallel.compile(make_train_step(
+        trainer.defs, trainer.tx, trainer.schedule, num_classes=trainer.info.num_classes,
+        label_smoothing=config.label_smoothing, precision=config.precision, grad_accum=config.grad_accum,
+        axis_name=parallel.axis_name))
+    state = parallel.put_state(state)
 
-        stacked = NamedSharding(Mesh(mesh.devices, (PMAP_AXIS,)), PartitionSpec(PMAP_AXIS))
-        state = jax.device_put(jax.tree.map(lambda x: jax.numpy.broadcast_to(x, (n, *x.shape)), state), stacked)
-    else:
-        train_step = jit_train_step(step_fn, mesh)
-
-    def host_state():
-        if not pmap:
-            return state
-        # Device 0's copy, read from its shard: indexing x[0] would be a cross-device gather.
-        first = jax.tree.map(lambda x: x.addressable_shards[0].data.reshape(x.shape[1:]), state)
-        return jax.device_put(first, replicated(mesh))
-
-    stop = _StopRequests()
+    stop = StopRequests()
     pending = []  # device metrics of steps not yet fetched
     last_good = ckpt.latest_step()
     last_saved_at = time.monotonic()
@@ -281,7 +222,7 @@ def _train(config, defs, tx, schedule, state, start_step, window, mesh, info, ck
         """Move pending device metrics into the window; stop on a non-finite loss."""
         nonlocal pending
         for k, m in pending:
-            m = {key: float(np.asarray(v if not pmap else v[0])) for key, v in jax.device_get(m).items()}
+            m = parallel.get_metrics(m)
             if not (np.isfinite(m["loss"]) and np.isfinite(m["update_norm"])):
                 what = f"the loss became {m['loss']}" if not np.isfinite(m["loss"]) else "the update became non-finite"
                 raise TrainingDiverged(
@@ -294,16 +235,18 @@ def _train(config, defs, tx, schedule, state, start_step, window, mesh, info, ck
     def save(step: int) -> None:
         nonlocal last_good, last_saved_at
         fetch()
-        ckpt.save(step, host_state(), {"model": config.model, "step": step, "data_step": step * config.grad_accum,
-                                       "window": window, "config": config.to_json()})
+        ckpt.save(step, parallel.get_state(state), {"model": config.model, "step": step,
+                                                    "data_step": step * config.grad_accum, "window": window,
+                                                    "config": config.to_json()})
         last_good, last_saved_at = step, time.monotonic()
 
     def evaluate(step: int) -> dict | None:
-        result = evaluator(host_state(), step=step, should_stop=lambda: stop.requested)
+        replicated_state = parallel.get_state(state)
+        result = evaluator(replicated_state, step=step, should_stop=lambda: stop.requested)
         if result is None:  # a stop request cut the evaluation short; the state was saved before it
             return None
         logger.log(result)
-        ckpt.save_best(step, host_state(), {"model": config.model, "step": step}, result["top1"])
+        ckpt.save_best(step, replicated_state, {"model": config.model, "step": step}, result["top1"])
         if not logger.progress:
             logger.print(f"eval step {step}: loss {result['loss']:.4f} top1 {result['top1']:.3f} "
                          f"top5 {result['top5']:.3f} video top1 {result['video_top1']:.3f} ({result['views']} views)")
@@ -327,9 +270,7 @@ def _train(config, defs, tx, schedule, state, start_step, window, mesh, info, ck
     try:
         for step in range(start_step, config.steps):
             for _ in range(config.grad_accum):
-                local = next(batches)
-                batch = _pmap_batch(local, len(mesh.devices.flat)) if pmap else to_global(local, mesh)
-                state, metrics = train_step(state, batch)
+                state, metrics = train_step(state, parallel.put_batch(next(batches)))
             done = step + 1
             pending.append((done, metrics))
             if timer is None:  # the first step compiles: time from its end
@@ -383,7 +324,7 @@ def _train(config, defs, tx, schedule, state, start_step, window, mesh, info, ck
     return last_eval
 
 
-def _stopped(stop: _StopRequests, ckpt, bar, logger, step: int, *, evaluated: bool = True) -> dict:
+def _stopped(stop: StopRequests, ckpt, bar, logger, step: int, *, evaluated: bool = True) -> dict:
     """Finish the save that a SIGTERM or Ctrl-C asked for and say how to go on."""
     ckpt.wait()
     bar.close()
@@ -404,8 +345,3 @@ def _progress_line(record: dict, total_steps: int, clips: int, seconds: float, b
         eta = int(round((total_steps - record["step"]) * batch_size / rate))
         line += f"  ETA {eta // 3600}h{eta % 3600 // 60:02d}m" if eta >= 3600 else f"  ETA {eta // 60}m{eta % 60:02d}s"
     return line
-
-
-def _pmap_batch(local: dict, n: int) -> dict:
-    """(B, ...) host arrays -> (n, B / n, ...) for pmap."""
-    return {k: np.asarray(v).reshape(n, -1, *np.shape(v)[1:]) for k, v in local.items()}

@@ -39,7 +39,7 @@ class MetricsLogger:
         tmp = self.path + ".tmp"
         with open(tmp, "w") as f:
             for r in kept:
-                f.write(json.dumps(r) + "\n")
+                f.write(json.dumps({k: _plain(v) for k, v in r.items()}) + "\n")
         os.replace(tmp, self.path)
 
     def log(self, record: dict) -> None:
@@ -107,10 +107,14 @@ def _tensorboard_writer(logdir: str):
         return None
 
 
+_NON_FINITE = ("nan", "inf", "-inf")  # how `_plain` writes non-finite numbers
+
+
 def read_metrics(path: str) -> list[dict]:
-    """The records of a metrics.jsonl file."""
+    """The records of a metrics.jsonl file (a non-finite number read back as a float)."""
     with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+        records = [json.loads(line) for line in f if line.strip()]
+    return [{k: float(v) if isinstance(v, str) and v in _NON_FINITE else v for k, v in r.items()} for r in records]
 
 
 def format_summary(records: list[dict], *, model: str, workdir: str, seconds: float, timed: bool = True) -> str:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from functools import partial
 from typing import Any
 
 import jax
@@ -18,20 +17,21 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from v3d_flax.conv import tied_to
-from v3d_flax.layers import BatchNorm, Sequential
+from v3d_flax.layers import BatchNorm, set_conv_impl
 from v3d_flax.registry import create_model, model_spec
-
-PMAP_AXIS = "batch"
+from v3d_flax.train.remat import apply_remat
 
 
 def build_model(name: str, *, num_classes: int, num_frames: int, crop_size: int, seed: int,
-                remat: bool = False, bn_axis_name: str | None = None, dropout: float | None = None) -> nnx.Module:
+                remat: bool = False, bn_axis_name: str | None = None, dropout: float | None = None,
+                conv_impl: str = "auto") -> nnx.Module:
     """`create_model(name)`, passing the clip size where its record says the model follows it (C3D); optional
-    per-block rematerialisation, cross-replica BatchNorm (for pmap) and a dropout rate for every
-    dropout layer (None keeps the model's own)."""
+    per-block rematerialisation (`v3d_flax.train.remat`), cross-replica BatchNorm over `bn_axis_name`
+    (the pmap path's axis), a dropout rate for every dropout layer (None keeps the model's own) and
+    the formulation of every 3D convolution (`v3d_flax.layers.set_conv_impl`)."""
     model = create_model(name, num_classes=num_classes, rngs=nnx.Rngs(seed),
                          **model_spec(name).size_kwargs(num_frames, crop_size))
+    set_conv_impl(model, conv_impl)
     for _, module in nnx.iter_modules(model):
         if bn_axis_name is not None and isinstance(module, BatchNorm):
             module.axis_name = bn_axis_name
@@ -40,94 +40,6 @@ def build_model(name: str, *, num_classes: int, num_frames: int, crop_size: int,
     if remat:
         apply_remat(model)
     return model
-
-
-_REMAT_CLASSES: dict[type, type] = {}
-
-
-@partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _remat_apply(graphdef, state, args):
-    """(outputs, new non-parameter state) of the module `graphdef` + `state` called on `args`;
-    its backward pass recomputes the forward from (state, args) instead of storing activations."""
-    module = nnx.merge(graphdef, state)
-    outputs = type(module).plain_call(module, *args)  # the block's own __call__, not the remat one
-    return outputs, nnx.as_pure(nnx.state(module, nnx.Not(nnx.Param)))
-
-
-def _remat_fwd(graphdef, state, args):
-    return _remat_apply(graphdef, state, args), (state, args)
-
-
-def _remat_bwd(graphdef, residuals, cotangents):
-    # The new BatchNorm statistics and RNG counters are outputs nothing differentiates (the loss
-    # reads the logits only), so only the outputs' cotangent is pulled back.
-    state, args = residuals
-    out_cotangent = cotangents[0]
-    # XLA:CPU removes `jax.checkpoint`'s optimization barriers early, so CSE would merge this
-    # recomputation back into the forward pass and remat would save nothing; tied to the
-    # cotangent, it can be neither merged nor scheduled before its backward step.
-    args = jax.tree.map(lambda a: tied_to(a, out_cotangent), args)
-    _, pullback = jax.vjp(lambda s, a: _remat_apply.fun(graphdef, s, a)[0], state, args)
-    return pullback(out_cotangent)
-
-
-_remat_apply.defvjp(_remat_fwd, _remat_bwd)
-
-
-def _remat_class(cls: type) -> type:
-    """A subclass of `cls` whose __call__ recomputes its activations in the backward pass."""
-    if cls not in _REMAT_CLASSES:
-        def __call__(self, *args):
-            graphdef, state = nnx.split(self)
-            outputs, new_state = _remat_apply(graphdef, nnx.as_pure(state), args)
-            nnx.update(self, new_state)
-            return outputs
-
-        _REMAT_CLASSES[cls] = type(f"Remat{cls.__name__}", (cls,), {"__call__": __call__, "plain_call": cls.__call__,
-                                                                   "__module__": cls.__module__})
-    return _REMAT_CLASSES[cls]
-
-
-def _has_params(module: nnx.Module) -> bool:
-    return len(nnx.to_flat_state(nnx.state(module, nnx.Param))) > 0
-
-
-def _is_composite(module: nnx.Module) -> bool:
-    return any(isinstance(c, nnx.Module) for _, c in nnx.iter_children(module))
-
-
-def _block_list(module: nnx.Module) -> bool:
-    """Whether `module` is a list of blocks: a Sequential/List whose parameter-holding items are all
-    composite (a ResNet stage, PyTorchVideo's `blocks`), not a conv -> BN -> ReLU chain."""
-    if not isinstance(module, (Sequential, nnx.List)):
-        return False
-    items = [m for m in module if isinstance(m, nnx.Module) and _has_params(m)]
-    return bool(items) and all(_is_composite(m) for m in items)
-
-
-def remat_blocks(model: nnx.Module) -> list[nnx.Module]:
-    """The blocks `--remat` checkpoints, found without knowing the model: each parameter-holding
-    child of the model, where a list of blocks (a ResNet stage) and a module that holds one (a
-    PyTorchVideo stage, a SlowFast pathway pair) are replaced by the blocks inside, recursively."""
-    blocks = []
-    for _, child in nnx.iter_children(model):
-        if not isinstance(child, nnx.Module) or not _has_params(child):
-            continue
-        if _block_list(child) or any(_block_list(c) for _, c in nnx.iter_children(child)
-                                     if isinstance(c, nnx.Module)):
-            blocks.extend(remat_blocks(child))
-        else:
-            blocks.append(child)
-    return blocks
-
-
-def apply_remat(model: nnx.Module) -> int:
-    """Rematerialise every block in place; the module tree and its state paths are unchanged (the
-    block's class is swapped for a subclass), so checkpoints are interchangeable with and without."""
-    blocks = remat_blocks(model)
-    for block in blocks:
-        block.__class__ = _remat_class(type(block))
-    return len(blocks)
 
 
 def lr_schedule(lr: float, warmup_steps: int, total_steps: int) -> optax.Schedule:

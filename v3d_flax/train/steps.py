@@ -1,4 +1,4 @@
-"""Pure training and evaluation steps, compiled for the sharded (jit) or the pmap path.
+"""Pure training and evaluation steps, un-compiled (`v3d_flax.train.parallel` compiles them).
 
 `train_step(state, batch) -> (state, metrics)` merges the train-mode graph definition with the
 pure state, runs forward and backward, applies the optimizer and returns the new pure state. Under
@@ -14,8 +14,6 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
-
-from v3d_flax.train.mesh import batch_sharding, replicated
 
 COMPUTE_DTYPES = {"fp32": jnp.float32, "bf16": jnp.bfloat16}
 
@@ -81,25 +79,3 @@ def make_eval_step(defs, *, precision: str) -> Callable:
         return model(batch["video"].astype(dtype)).astype(jnp.float32)
 
     return eval_step
-
-
-def jit_train_step(step: Callable, mesh) -> Callable:
-    """`step` under jax.jit: state replicated and donated, batch sharded over the mesh."""
-    rep, data = replicated(mesh), batch_sharding(mesh)
-    return jax.jit(step, in_shardings=(rep, data), out_shardings=(rep, rep), donate_argnums=(0,))
-
-
-def jit_eval_step(step: Callable, mesh) -> Callable:
-    """`step` under jax.jit; logits come back replicated (every process sees the whole batch)."""
-    rep, data = replicated(mesh), batch_sharding(mesh)
-    return jax.jit(step, in_shardings=(rep, data), out_shardings=rep)
-
-
-def pmap_train_step(step: Callable, axis_name: str) -> Callable:
-    """`step` under jax.pmap over the local devices, state donated."""
-    return jax.pmap(step, axis_name=axis_name, donate_argnums=(0,))
-
-
-def pmap_eval_step(step: Callable, axis_name: str) -> Callable:
-    """`step` under jax.pmap; logits stay per device."""
-    return jax.pmap(step, axis_name=axis_name)

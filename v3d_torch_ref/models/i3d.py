@@ -14,23 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-# Mixed block name -> (b0, b1a, b1b, b2a, b2b, b3b) output channels.
-MIXED = {
-    "Mixed_3b": (64, 96, 128, 16, 32, 32), "Mixed_3c": (128, 128, 192, 32, 96, 64),
-    "Mixed_4b": (192, 96, 208, 16, 48, 64), "Mixed_4c": (160, 112, 224, 24, 64, 64),
-    "Mixed_4d": (128, 128, 256, 24, 64, 64), "Mixed_4e": (112, 144, 288, 32, 64, 64),
-    "Mixed_4f": (256, 160, 320, 32, 128, 128), "Mixed_5b": (256, 160, 320, 32, 128, 128),
-    "Mixed_5c": (384, 192, 384, 48, 128, 128),
-}
-# Max-pools between stages: name -> (kernel, stride).
-POOLS = {"MaxPool3d_2a_3x3": ((1, 3, 3), (1, 2, 2)), "MaxPool3d_3a_3x3": ((1, 3, 3), (1, 2, 2)),
-         "MaxPool3d_4a_3x3": ((3, 3, 3), (2, 2, 2)), "MaxPool3d_5a_2x2": ((2, 2, 2), (2, 2, 2))}
-ENDPOINTS = ("Conv3d_1a_7x7", "MaxPool3d_2a_3x3", "Conv3d_2b_1x1", "Conv3d_2c_3x3", "MaxPool3d_3a_3x3",
-             "Mixed_3b", "Mixed_3c", "MaxPool3d_4a_3x3", "Mixed_4b", "Mixed_4c", "Mixed_4d", "Mixed_4e",
-             "Mixed_4f", "MaxPool3d_5a_2x2", "Mixed_5b", "Mixed_5c")
-LOGITS_POOL = (2, 7, 7)  # DeepMind's AvgPool3d window (VALID, stride 1), clamped to the feature map
-BN_EPS = 1e-3
-BN_MOMENTUM = 0.01  # piergiaj's (PyTorch convention; TF decay 0.99)
+from v3d_flax.records.i3d import (I3D_BN_EPS, I3D_BN_MOMENTUM, I3D_LOGITS_POOL, I3D_MIXED, I3D_POOLS,
+                                  i3d_endpoints_through)
 
 
 def tf_same_pads(size: tuple[int, ...], kernel: tuple[int, ...], stride: tuple[int, ...]) -> list[int]:
@@ -59,12 +44,12 @@ class Unit3D(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size=(1, 1, 1), stride=(1, 1, 1), *,
                  use_bn: bool = True, use_bias: bool = False, activation: bool = True,
-                 bn_momentum: float = BN_MOMENTUM):
+                 bn_momentum: float = I3D_BN_MOMENTUM):
         super().__init__()
         self.kernel_size = (kernel_size,) * 3 if isinstance(kernel_size, int) else tuple(kernel_size)
         self.stride = (stride,) * 3 if isinstance(stride, int) else tuple(stride)
         self.conv3d = nn.Conv3d(in_channels, out_channels, self.kernel_size, self.stride, bias=use_bias)
-        self.bn = nn.BatchNorm3d(out_channels, eps=BN_EPS, momentum=bn_momentum) if use_bn else None
+        self.bn = nn.BatchNorm3d(out_channels, eps=I3D_BN_EPS, momentum=bn_momentum) if use_bn else None
         self.activation = activation
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -77,7 +62,7 @@ class Unit3D(nn.Module):
 class InceptionModule(nn.Module):
     """Four branches concatenated on channels: 1x1 | 1x1->3x3 | 1x1->3x3 | 3x3 max-pool->1x1."""
 
-    def __init__(self, in_channels: int, widths: tuple[int, ...], bn_momentum: float = BN_MOMENTUM):
+    def __init__(self, in_channels: int, widths: tuple[int, ...], bn_momentum: float = I3D_BN_MOMENTUM):
         super().__init__()
         c0, c1a, c1b, c2a, c2b, c3b = widths
         self.b0 = Unit3D(in_channels, c0, 1, bn_momentum=bn_momentum)
@@ -97,17 +82,17 @@ class InceptionI3d(nn.Module):
     """I3D classifier: Inception-v1 endpoints, AvgPool (2, 7, 7), dropout, 1x1x1 logits conv, mean over time."""
 
     def __init__(self, num_classes: int = 400, in_channels: int = 3, dropout: float = 0.5,
-                 bn_momentum: float = BN_MOMENTUM):
+                 bn_momentum: float = I3D_BN_MOMENTUM):
         super().__init__()
         self.in_channels = in_channels
         m = bn_momentum
         self.Conv3d_1a_7x7 = Unit3D(in_channels, 64, 7, 2, bn_momentum=m)
         self.Conv3d_2b_1x1 = Unit3D(64, 64, 1, bn_momentum=m)
         self.Conv3d_2c_3x3 = Unit3D(64, 192, 3, bn_momentum=m)
-        for name, (kernel, stride) in POOLS.items():
+        for name, (kernel, stride) in I3D_POOLS.items():
             setattr(self, name, MaxPool3dSame(kernel, stride))
         channels = 192
-        for name, widths in MIXED.items():
+        for name, widths in I3D_MIXED.items():
             block = InceptionModule(channels, widths, m)
             setattr(self, name, block)
             channels = block.out_channels
@@ -115,35 +100,32 @@ class InceptionI3d(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.logits = Unit3D(channels, num_classes, 1, use_bn=False, use_bias=True, activation=False)
 
-    def feature_map(self, x: torch.Tensor, endpoint: str = "Mixed_5c") -> torch.Tensor:
-        """Activations after `endpoint` (one of ENDPOINTS), NCDHW."""
-        if endpoint not in ENDPOINTS:
-            raise ValueError(f"unknown endpoint {endpoint!r}; expected one of {', '.join(ENDPOINTS)}")
-        for name in ENDPOINTS:
+    def forward_map(self, x: torch.Tensor, endpoint: str = "Mixed_5c") -> torch.Tensor:
+        """Activations after `endpoint` (one of `archfacts.I3D_ENDPOINTS`; default the last, Mixed_5c), NCDHW."""
+        layers = i3d_endpoints_through(endpoint)
+        for name in layers:
             x = getattr(self, name)(x)
-            if name == endpoint:
-                break
         return x
 
-    def _pooled(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.feature_map(x)
-        window = tuple(min(k, n) for k, n in zip(LOGITS_POOL, x.shape[2:]))
+    def _logits_pool(self, x: torch.Tensor) -> torch.Tensor:
+        """The head's average pool of the Mixed_5c map: DeepMind's window, clamped to the map."""
+        window = tuple(min(k, n) for k, n in zip(I3D_LOGITS_POOL, x.shape[2:]))
         return F.avg_pool3d(x, window, stride=1)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 1024): the average-pooled Mixed_5c map, averaged over its remaining positions."""
-        return self._pooled(x).mean((2, 3, 4))
+        return self._logits_pool(self.forward_map(x)).mean((2, 3, 4))
 
     def time_logits(self, x: torch.Tensor) -> torch.Tensor:
         """Per-time logits (B, num_classes, T'), averaged over space; piergiaj's model output."""
-        return self.logits(self.dropout(self._pooled(x))).mean((3, 4))
+        return self.logits(self.dropout(self._logits_pool(self.forward_map(x)))).mean((3, 4))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.time_logits(x).mean(2)
 
 
 def i3d(*, num_classes: int = 400, in_channels: int = 3, dropout: float = 0.5,
-        bn_momentum: float = BN_MOMENTUM) -> InceptionI3d:
+        bn_momentum: float = I3D_BN_MOMENTUM) -> InceptionI3d:
     """I3D (Inception-v1 inflated); in_channels=2 for optical-flow input."""
     return InceptionI3d(num_classes, in_channels, dropout, bn_momentum)
 

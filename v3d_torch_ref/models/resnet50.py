@@ -10,24 +10,12 @@ fixed AvgPool3d at the canonical clip); `head_pool_kernel=` reproduces the fixed
 
 from __future__ import annotations
 
-from collections import namedtuple
 from functools import partial
 
 import torch
 from torch import nn
 
-DEPTHS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
-
-ArchSpec = namedtuple("ArchSpec", "depth stem_kt stem_pool stage1_pool conv_a_kt conv_b spatial_strides "
-                                  "temporal_strides dropout")
-
-SPECS = {
-    "i3d_r50": ArchSpec(50, 5, True, True, ((3,), (3, 1), (3, 1), (1, 3)), "spatial", (1, 2, 2, 2), (1, 1, 1, 1), 0.5),
-    "slow_r50": ArchSpec(50, 1, True, False, ((1,), (1,), (3,), (3,)), "spatial", (1, 2, 2, 2), (1, 1, 1, 1), 0.5),
-    "c2d_r50": ArchSpec(50, 1, True, True, ((1,),) * 4, "spatial", (1, 2, 2, 2), (1, 1, 1, 1), 0.5),
-    "csn_r101": ArchSpec(101, 3, True, False, ((1,),) * 4, "depthwise", (1, 2, 2, 2), (1, 2, 2, 2), 0.0),
-    "r2plus1d_r50": ArchSpec(50, 1, False, False, ((1,),) * 4, "2plus1d", (2, 2, 2, 2), (1, 1, 2, 2), 0.5),
-}
+from v3d_flax.records.resnet50 import RESNET50_SPECS, ArchSpec, bottleneck_stages
 
 
 class Conv2plus1d(nn.Module):
@@ -132,44 +120,37 @@ class Head(nn.Module):
 
 
 class PTVResNet(nn.Module):
-    """A PyTorchVideo-layout bottleneck ResNet (see `SPECS`)."""
+    """A PyTorchVideo-layout bottleneck ResNet described by an `ArchSpec` (see `archfacts.RESNET50_SPECS`)."""
 
     def __init__(self, spec: ArchSpec, *, num_classes: int = 400, dropout: float | None = None,
                  in_channels: int = 3, head_pool_kernel=None):
         super().__init__()
         dropout = spec.dropout if dropout is None else dropout
+        self.in_channels = in_channels
         blocks = [Stem(in_channels, 64, spec.stem_kt, spec.stem_pool)]
-        dim_in, dim_out = 64, 256
-        for i, depth in enumerate(DEPTHS[spec.depth]):
+        stages = bottleneck_stages(spec.depth)
+        for i, (depth, *dims) in enumerate(stages):
             stride = (spec.temporal_strides[i], spec.spatial_strides[i], spec.spatial_strides[i])
-            blocks.append(ResStage(depth, dim_in, dim_out // 4, dim_out, spec.conv_a_kt[i], spec.conv_b, stride))
+            blocks.append(ResStage(depth, *dims, spec.conv_a_kt[i], spec.conv_b, stride))
             if i == 0 and spec.stage1_pool:
                 blocks.append(nn.MaxPool3d((2, 1, 1), (2, 1, 1)))
-            dim_in, dim_out = dim_out, dim_out * 2
-        blocks.append(Head(dim_in, num_classes, dropout, head_pool_kernel))
+        self.num_features = stages[-1][-1]  # res5's output width
+        blocks.append(Head(self.num_features, num_classes, dropout, head_pool_kernel))
         self.blocks = nn.ModuleList(blocks)
 
     def forward_map(self, x) -> torch.Tensor:
+        """The last stage's feature map (B, 2048, t, h, w)."""
         for block in self.blocks[:-1]:
             x = block(x)
         return x
 
     def forward_features(self, x) -> torch.Tensor:
+        """Pooled features (B, 2048) before dropout and the classifier."""
         return self.blocks[-1].pool(self.forward_map(x)).mean((2, 3, 4))
 
     def forward(self, x) -> torch.Tensor:
         return self.blocks[-1](self.forward_map(x))
 
 
-def _factory(name: str, **kwargs) -> PTVResNet:
-    return PTVResNet(SPECS[name], **kwargs)
-
-
-i3d_r50 = partial(_factory, "i3d_r50")
-slow_r50 = partial(_factory, "slow_r50")
-c2d_r50 = partial(_factory, "c2d_r50")
-csn_r101 = partial(_factory, "csn_r101")
-r2plus1d_r50 = partial(_factory, "r2plus1d_r50")
-
 # The names this family registers (`v3d_torch_ref.registry` collects every family's MODELS).
-MODELS = {"i3d_r50": i3d_r50, "slow_r50": slow_r50, "c2d_r50": c2d_r50, "csn_r101": csn_r101, "r2plus1d_r50": r2plus1d_r50}
+MODELS = {name: partial(PTVResNet, spec) for name, spec in RESNET50_SPECS.items()}

@@ -11,33 +11,13 @@ squeeze-excitation (`branch2.norm_b.1`) on every other block and Swish after it;
 
 from __future__ import annotations
 
-import math
 from functools import partial
 
 import torch
 from torch import nn
 
-
-def round_width(width: float, multiplier: float, min_width: int = 8, divisor: int = 8) -> int:
-    """PyTorchVideo's channel rounding: width * multiplier to a multiple of divisor, not below 90%."""
-    width *= multiplier
-    out = max(min_width, int(width + divisor / 2) // divisor * divisor)
-    if out < 0.9 * width:
-        out += divisor
-    return int(out)
-
-
-def x3d_dims(width_factor: float = 2.0, depth_factor: float = 2.2, bottleneck_factor: float = 2.25,
-             stem_dim_in: int = 12):
-    """(stem width, [(depth, dim_inner, dim_out) per stage]) as create_x3d computes them."""
-    stage_dims = [stem_dim_in]
-    for _ in range(3):
-        stage_dims.append(round_width(stage_dims[-1], 2.0))
-    stages = []
-    for base, repeats in zip(stage_dims, (1, 2, 5, 3)):
-        dim_out = round_width(base, width_factor)
-        stages.append((int(math.ceil(depth_factor * repeats)), int(bottleneck_factor * dim_out), dim_out))
-    return round_width(stem_dim_in, width_factor), stages
+from v3d_flax.records.x3d import X3D_DEPTH_FACTORS, round_width, x3d_dims
+from v3d_torch_ref.blocks import init_weights
 
 
 class Swish(nn.Module):
@@ -180,6 +160,7 @@ class X3D(nn.Module):
                  bottleneck_factor: float = 2.25, se_ratio: float = 0.0625, head_dim: int = 2048,
                  dropout: float = 0.5, in_channels: int = 3, head_pool_kernel=None):
         super().__init__()
+        self.in_channels, self.num_features = in_channels, head_dim
         stem_dim, stages = x3d_dims(width_factor, depth_factor, bottleneck_factor)
         blocks = [Stem(in_channels, stem_dim)]
         dim_in = stem_dim
@@ -188,34 +169,21 @@ class X3D(nn.Module):
             dim_in = dim_out
         blocks.append(Head(dim_in, dim_inner, head_dim, num_classes, dropout, head_pool_kernel))
         self.blocks = nn.ModuleList(blocks)
-        for m in self.modules():  # PyTorchVideo's init_net_weights
-            if isinstance(m, nn.Conv3d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm3d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0, 0.01)
-                nn.init.zeros_(m.bias)
+        init_weights(self)  # PyTorchVideo's init_net_weights
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Pooled head features (B, 2048) after post_conv and its ReLU, before dropout and proj."""
+    def forward_map(self, x: torch.Tensor) -> torch.Tensor:
+        """res5's feature map (B, 192, t, h, w) that the head's ProjectedPool pools."""
         for block in self.blocks[:5]:
-            x = block(x)
-        return self.blocks[5].pool(x).mean((2, 3, 4))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for block in self.blocks:
             x = block(x)
         return x
 
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Pooled head features (B, 2048) after post_conv and its ReLU, before dropout and proj."""
+        return self.blocks[5].pool(self.forward_map(x)).mean((2, 3, 4))
 
-x3d_xs = partial(X3D, depth_factor=2.2)
-x3d_s = partial(X3D, depth_factor=2.2)
-x3d_m = partial(X3D, depth_factor=2.2)
-x3d_l = partial(X3D, depth_factor=5.0)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.blocks[5](self.forward_map(x))
+
 
 # The names this family registers (`v3d_torch_ref.registry` collects every family's MODELS).
-MODELS = {"x3d_xs": x3d_xs, "x3d_s": x3d_s, "x3d_m": x3d_m, "x3d_l": x3d_l}
+MODELS = {name: partial(X3D, depth_factor=factor) for name, factor in X3D_DEPTH_FACTORS.items()}
