@@ -1,12 +1,13 @@
 """Checkpoint conversion between PyTorch and Flax, and from any other checkpoint source.
 
-    python -m v3d_flax.convert --model NAME --from PATH --to PATH [--source SOURCE] [--force]
+    python -m v3d_flax.convert --model NAME --from PATH_OR_WEIGHTS --to PATH [--source SOURCE] [--force]
 
 Inputs: a checkpoint of any `v3d_flax.port` source (--source: PyTorch files in a publisher's naming,
 DeepMind's TensorFlow I3D, 2D ImageNet networks to inflate), or a Flax checkpoint: a .safetensors of
 the flattened NNX state ("/"-joined paths, written by this tool), an orbax directory written by this
 tool, or a training workdir / checkpoint step directory of `v3d_flax.train` (model weights are taken,
-optimizer state ignored). Outputs by the --to name: .pth/.pt/.pickle/.pkl -> a PyTorch state_dict in
+optimizer state ignored), or the model's pretrained weights by name (`python -m
+v3d_flax.weights`: downloaded, verified, cached). Outputs by the --to name: .pth/.pt/.pickle/.pkl -> a PyTorch state_dict in
 v3d_torch_ref naming (loads with strict=True); .safetensors -> flattened Flax state; anything else ->
 an orbax directory. Writes are atomic and never overwrite without --force. The reading and writing
 are `v3d_flax.checkpoints`'.
@@ -21,6 +22,7 @@ from v3d_flax.checkpoints import CheckpointError, check_destination, load_model,
 from v3d_flax.cli import check_source_argument
 from v3d_flax.port import PortError
 from v3d_flax.registry import list_models
+from v3d_flax.weights import named_weights
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, type=model_name, metavar="NAME",
                    help="registry name: " + ", ".join(list_models()))
-    p.add_argument("--from", dest="src", required=True, metavar="PATH", help="checkpoint to read (torch or Flax)")
+    p.add_argument("--from", dest="src", required=True, metavar="NAME_OR_PATH", help="checkpoint to read (torch or Flax), or pretrained weights by name (e.g. kinetics400)")
     p.add_argument("--to", dest="dst", required=True, metavar="PATH",
                    help=".pth/.pt -> PyTorch state_dict; .safetensors -> Flax state; else an orbax directory")
     add_source_argument(p)
@@ -46,12 +48,19 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     check_source_argument(parser, args)
     from v3d_flax.extras import MissingExtraError
+    from v3d_flax.hub import DownloadError
 
     try:
         check_destination(args.dst, args.force)
-        model = load_model(args.model, args.src, source=args.source, num_classes=args.num_classes)
+        record = named_weights(args.model, args.src)
+        if record is not None:  # pretrained weights by name: downloaded, verified and cached first
+            from v3d_flax.hub import load_pretrained
+
+            model = load_pretrained(args.model, record, num_classes=args.num_classes)
+        else:
+            model = load_model(args.model, args.src, source=args.source, num_classes=args.num_classes)
         kind = save_checkpoint(model, args.dst, force=args.force)
-    except (CheckpointError, PortError, ValueError, OSError, MissingExtraError) as e:
+    except (CheckpointError, PortError, ValueError, OSError, MissingExtraError, DownloadError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(f"wrote {args.dst} ({kind}, {args.model})")

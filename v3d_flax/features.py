@@ -82,6 +82,7 @@ def main(argv=None) -> int:
         return 1
     from v3d_flax.checkpoints import CheckpointError
     from v3d_flax.extras import MissingExtraError
+    from v3d_flax.hub import DownloadError
     from v3d_flax.port import PortError
 
     layer = args.layer or (feature_layers[0] if feature_layers else "pooled")
@@ -89,7 +90,7 @@ def main(argv=None) -> int:
         recipe = recipe_from_args(args)
         predictor = load_predictor(args.model, args.weights, source=args.source, num_classes=args.num_classes,
                                    recipe=recipe, batch_size=args.batch_size, feature_layer=args.layer)
-    except (CheckpointError, PortError, ValueError, OSError, MissingExtraError) as e:
+    except (CheckpointError, PortError, ValueError, OSError, MissingExtraError, DownloadError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     rows, done, failed, errors = [], [], [], []

@@ -31,7 +31,7 @@ from v3d_flax.video import VideoError, find_videos, load_views
 if TYPE_CHECKING:
     from flax import nnx
 
-BUILTIN_CLASSES = {"kinetics400": 400, "ucf101": 101}
+BUILTIN_CLASSES = {"kinetics400": 400, "kinetics600": 600, "sports1m": 487, "ucf101": 101}
 
 
 def load_class_names(spec: str | None, num_classes: int) -> list[str]:
@@ -66,7 +66,8 @@ def recorded_class_names(weights: str | os.PathLike) -> list[str] | None:
 class Predictor:
     """A model in eval mode with jitted logits / features over batches of views (fixed batch shape)."""
 
-    def __init__(self, model: nnx.Module, *, batch_size: int = 8, feature_layer: str | None = None):
+    def __init__(self, model: nnx.Module, *, batch_size: int = 8, feature_layer: str | None = None,
+                 weights=None):
         import jax
         from flax import nnx
 
@@ -74,6 +75,12 @@ class Predictor:
         self.model = model
         self.arch = getattr(model, "arch", None)
         self.spec = model_spec(self.arch) if self.arch else None  # the record: recipe, normalisation
+        # the pretrained weights' record (`v3d_flax.weights.Weights`) when loaded by name: its recipe,
+        # normalisation and class names are the ones the checkpoint expects
+        self.weights = weights
+        source = weights if weights is not None else self.spec
+        self.recipe = source.recipe if source is not None else None
+        self.normalization = source.normalization if source is not None else None
         self.batch_size = batch_size
         graphdef, state = nnx.split(model)
         layer_kw = {"layer": feature_layer} if feature_layer else {}
@@ -132,7 +139,10 @@ def predictor_views(predictor: Predictor, path: str, recipe: Recipe | None = Non
     if predictor.spec is None:
         raise ValueError("the predictor's model has no registry name (model.arch), so its recipe and "
                          "normalisation are unknown; call v3d_flax.video.load_views with them")
-    return load_views(path, recipe or predictor.spec.recipe, predictor.spec.normalization, clips=clips, crops=crops)
+    if predictor.normalization is None:
+        raise ValueError(f"weights {predictor.weights.name!r} take {predictor.weights.modality} input, not RGB "
+                         f"video frames; compute their input and call predictor.logits / .features")
+    return load_views(path, recipe or predictor.recipe, predictor.normalization, clips=clips, crops=crops)
 
 
 def predict_video(predictor: Predictor, path: str, recipe: Recipe | None = None, *,
@@ -165,9 +175,10 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--model", required=True, type=model_name, metavar="NAME",
                    help="registry name: " + ", ".join(list_models()))
-    p.add_argument("--weights", required=True, metavar="PATH",
-                   help="checkpoint: PyTorch (.pth/.pt/.pickle/.safetensors) or Flax (orbax dir, .safetensors, "
-                        "training workdir), or a checkpoint of --source")
+    p.add_argument("--weights", required=True, metavar="NAME_OR_PATH",
+                   help="pretrained weights by name (e.g. kinetics400; python -m v3d_flax.weights lists them: "
+                        "downloaded, verified, cached) or a checkpoint: PyTorch (.pth/.pt/.pickle/.safetensors) or "
+                        "Flax (orbax dir, .safetensors, training workdir), or a checkpoint of --source")
     add_source_argument(p)
     p.add_argument("--num-classes", type=int, default=None, help="head size (default: read from the weights)")
     p.add_argument("--clips", type=int, default=None, help="temporal views per video (default: the recipe's)")
@@ -180,9 +191,13 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def recipe_from_args(args) -> Recipe:
-    """The model's recipe with the command line's overrides."""
-    return model_spec(args.model).recipe.with_overrides(frames=args.frames, rate=args.rate, resize=args.resize,
-                                                        crop=args.crop)
+    """The recipe of `--weights` when it names pretrained weights, else the model's, with the command
+    line's overrides."""
+    from v3d_flax.weights import named_weights
+
+    record = named_weights(args.model, args.weights)
+    base = record.recipe if record is not None else model_spec(args.model).recipe
+    return base.with_overrides(frames=args.frames, rate=args.rate, resize=args.resize, crop=args.crop)
 
 
 def load_predictor(model_name: str, weights: str | os.PathLike, *, source: str = "v3d", num_classes: int | None = None,
@@ -195,9 +210,20 @@ def load_predictor(model_name: str, weights: str | os.PathLike, *, source: str =
     directory written by `v3d_flax.checkpoints.save_checkpoint`, a `train.py` workdir). `num_classes` is read from the checkpoint unless given;
     `recipe` fixes C3D's clip size (default: the checkpoint's, else the model's). `batch_size` views go
     through each forward pass; `feature_layer` picks C3D's feature layer ("fc6" or "fc7") for
-    `Predictor.features`. The loaded model is `predictor.model`. Errors: `v3d_flax.checkpoints.CheckpointError`,
-    `v3d_flax.port.PortError`.
+    `Predictor.features`. The loaded model is `predictor.model`. `weights` may also name the model's
+    pretrained weights ("kinetics400", `v3d_flax.list_weights(model_name)`) or be a
+    `v3d_flax.weights.Weights` record: downloaded, verified and cached (`v3d_flax.hub`), and their
+    recipe, normalisation and class names are the predictor's. Errors:
+    `v3d_flax.checkpoints.CheckpointError`, `v3d_flax.port.PortError`, `v3d_flax.hub.DownloadError`.
     """
+    from v3d_flax.weights import named_weights
+
+    record = named_weights(model_name, weights)
+    if record is not None:
+        from v3d_flax.hub import load_pretrained
+
+        model = load_pretrained(model_name, record, num_classes=num_classes)
+        return Predictor(model, batch_size=batch_size, feature_layer=feature_layer, weights=record)
     from v3d_flax.checkpoints import load_model
 
     model = load_model(model_name, weights, source=source, num_classes=num_classes, recipe=recipe)
@@ -242,6 +268,7 @@ def main(argv=None) -> int:
         return 1
     from v3d_flax.checkpoints import CheckpointError
     from v3d_flax.extras import MissingExtraError
+    from v3d_flax.hub import DownloadError
     from v3d_flax.port import PortError
 
     try:
@@ -250,9 +277,12 @@ def main(argv=None) -> int:
                                    recipe=recipe, batch_size=args.batch_size)
         model = predictor.model
         num_classes = head_size(model)
-        recorded = recorded_class_names(args.weights) if args.classes is None else None
-        names = recorded if recorded and len(recorded) == num_classes else load_class_names(args.classes, num_classes)
-    except (CheckpointError, PortError, ValueError, OSError, MissingExtraError) as e:
+        classes = args.classes
+        if classes is None and predictor.weights is not None and predictor.weights.num_classes == num_classes:
+            classes = predictor.weights.classes  # the weights' own class names (None where not shipped)
+        recorded = recorded_class_names(args.weights) if classes is None and predictor.weights is None else None
+        names = recorded if recorded and len(recorded) == num_classes else load_class_names(classes, num_classes)
+    except (CheckpointError, PortError, ValueError, OSError, MissingExtraError, DownloadError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     results, errors = [], []

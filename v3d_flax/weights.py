@@ -200,6 +200,23 @@ def get_weights(model: str, name: str) -> Weights:
     raise ValueError(f"model {model!r} has no weights named {name!r}; its weights: {names}")
 
 
+def named_weights(model: str, weights) -> Weights | None:
+    """The weights record of registered model `model` that `weights` names (a `Weights` record is
+    completed from the model's), or None when `weights` is a checkpoint path: an existing path wins
+    over a weights name, and a name the model does not have is taken as a path."""
+    import os
+
+    from v3d_flax.registry import model_spec
+
+    spec = model_spec(model)
+    if isinstance(weights, Weights):
+        return weights.for_model(spec)
+    text = os.fspath(weights)
+    if os.path.exists(text):
+        return None
+    return next((record for record in spec.weights if record.name == text), None)
+
+
 def list_weights(model: str | None = None) -> list[tuple[str, Weights]]:
     """(model name, weights record) for every pretrained checkpoint, or those of `model`, in registry order."""
     from v3d_flax.registry import all_specs, model_spec

@@ -91,13 +91,22 @@ def _checkpoint_exists(path: str, source: str) -> bool:
     return os.path.exists(path) or (get_source(source).reader == "tensorflow" and os.path.exists(path + ".index"))
 
 
+def _is_weights_name(model: str, name: str) -> bool:
+    """Whether --init-from `name` names pretrained weights of `model` (`python -m v3d_flax.weights`)."""
+    from v3d_flax.weights import named_weights
+
+    return named_weights(model, name) is not None
+
+
 def main(argv=None, *, prog: str = "train.py") -> int:
     """Parse flags, run, map expected failures to one line on stderr and exit status 1 (2 for flags)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # before TensorFlow is first imported
     parser = build_parser(prog)
     args = parser.parse_args(argv)
-    if args.init_from is not None and not _checkpoint_exists(args.init_from, args.init_source):  # before any model
-        print(f"{parser.prog}: error: --init-from {args.init_from}: no such file or directory", file=sys.stderr)
+    if (args.init_from is not None and not _checkpoint_exists(args.init_from, args.init_source)
+            and not _is_weights_name(args.model, args.init_from)):  # before any model
+        print(f"{parser.prog}: error: --init-from {args.init_from}: no such file or directory, and not a name of "
+              f"{args.model}'s pretrained weights (python -m v3d_flax.weights {args.model})", file=sys.stderr)
         return 2
     if args.init_from is None and args.eval_only and args.workdir is None:
         parser.error("--eval-only needs --workdir (a run to evaluate) or --init-from")
@@ -112,6 +121,7 @@ def main(argv=None, *, prog: str = "train.py") -> int:
     except ValueError as e:  # flag combinations, before any device work
         parser.error(str(e))
 
+    from v3d_flax.hub import DownloadError
     from v3d_flax.train.checkpointing import WorkdirError
     from v3d_flax.train.loop import TrainingDiverged, run_resolved
     from v3d_flax.train.mesh import AcceleratorError
@@ -122,7 +132,7 @@ def main(argv=None, *, prog: str = "train.py") -> int:
         print("interrupted before training started; nothing was saved", file=sys.stderr)
         return 130
     # ValueError: settings that only the devices or the dataset can refute (batch vs devices, ...)
-    except (AcceleratorError, WorkdirError, TrainingDiverged, ValueError) as e:
+    except (AcceleratorError, WorkdirError, TrainingDiverged, ValueError, DownloadError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 130 if result and result.get("interrupted") else 0

@@ -97,8 +97,10 @@ class TrainConfig:
                                     help="frames per clip (cpu: {cpu}, gpu/tpu: the model's canonical clip)")
     crop_size: int | None = option(group=_MODEL, type=positive(int),
                                    help="square crop in pixels (cpu: {cpu}, gpu/tpu: the model's canonical clip)")
-    init_from: str | None = option(group=_MODEL, metavar="PATH",
-                                   help="initialise from a checkpoint file (.pt/.pth/.safetensors, or a TensorFlow "
+    init_from: str | None = option(group=_MODEL, metavar="PATH_OR_WEIGHTS",
+                                   help="initialise from the model's pretrained weights by name (e.g. kinetics400: "
+                                        "downloaded, verified, cached; python -m v3d_flax.weights lists them), "
+                                        "a checkpoint file (.pt/.pth/.safetensors, or a TensorFlow "
                                         "checkpoint prefix, through v3d_flax.port) or from an orbax checkpoint of "
                                         "this trainer (a workdir, its checkpoints/ or best/ directory, or one step "
                                         "directory); the classifier the model's record names starts fresh when its "

@@ -28,6 +28,24 @@ def classifier_prefix(classifier: str) -> str:
     return classifier.replace(".", "/") + "/"
 
 
+def checkpoint_of(model: str, init_from: str, source: str) -> tuple[str, str]:
+    """(checkpoint path, its source) of --init-from: a file of `source` as given, or the model's
+    pretrained weights by name ("kinetics400", `v3d_flax.list_weights(model)`), fetched, verified and
+    cached (`v3d_flax.hub`), with the source their record names. ValueError for weights whose model
+    takes other constructor arguments (another clip layout, flow input) than train.py builds."""
+    from v3d_flax.weights import named_weights
+
+    record = named_weights(model, init_from)
+    if record is None:
+        return init_from, source
+    if record.model_kwargs:
+        raise ValueError(f"--init-from {init_from}: these {model} weights need the model built with "
+                         f"{dict(record.model_kwargs)}, which train.py does not build")
+    from v3d_flax.hub import fetch_weights
+
+    return str(fetch_weights(record)), record.source
+
+
 def load_checkpoint_file(model: nnx.Module, path: str, *, source: str, classifier: str) -> list[str]:
     """Load the checkpoint file `path` of `source` (`v3d_flax.port.list_sources()`) into `model` in
     place; returns the classifier tensors left fresh because their shapes differ (empty when it fits).

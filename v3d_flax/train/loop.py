@@ -92,8 +92,8 @@ def run_resolved(config: TrainConfig) -> dict:
     fresh: list[str] = []  # the classifier's tensors that --init-from leaves freshly initialised
     from_orbax = config.init_from is not None and os.path.isdir(config.init_from)  # else a checkpoint file
     if config.init_from is not None and not from_orbax:
-        fresh = init_from.load_checkpoint_file(model, config.init_from, source=config.init_source,
-                                               classifier=spec.classifier)
+        path, source = init_from.checkpoint_of(config.model, config.init_from, config.init_source)
+        fresh = init_from.load_checkpoint_file(model, path, source=source, classifier=spec.classifier)
     defs, model_state = split_model(model)
     tx, schedule = build_optimizer(config, config.steps)
     rep = replicated(mesh)
