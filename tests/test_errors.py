@@ -81,7 +81,9 @@ def test_train_init_from_a_missing_file_is_one_line_before_any_model(tmp_path):
     proc, seconds = _timed([sys.executable, str(ROOT / "train.py"), "--model", "c3d", "--init-from",
                             "missing.pth", "--workdir", str(workdir)], tmp_path)
     assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines() == ["train.py: error: --init-from missing.pth: no such file or directory"]
+    assert proc.stderr.strip().splitlines() == ["train.py: error: --init-from missing.pth: no such file or directory, "
+                                                "and not a name of c3d's pretrained weights "
+                                                "(python -m v3d_flax.weights c3d)"]
     assert not workdir.exists() and os.listdir(tmp_path) == []  # nothing built, nothing written
     assert seconds < PARSE_SECONDS
 
