@@ -238,19 +238,17 @@ def resolve_weights(model: str, weights: Weights | str | os.PathLike) -> Weights
     """The record `weights` names for `model` (a record is completed from the model's), or a local path.
     ValueError naming the model's weights when it is neither a name of them nor an existing file."""
     from v3d_flax.registry import model_spec
+    from v3d_flax.weights import named_weights
 
-    spec = model_spec(model)
-    if isinstance(weights, Weights):
-        return weights.for_model(spec)
-    if not isinstance(weights, (str, os.PathLike)):
+    if not isinstance(weights, (Weights, str, os.PathLike)):
         raise TypeError(f"weights must be a weights name, a Weights record or a path, not {type(weights).__name__}")
+    record = named_weights(model, weights)  # the one rule the commands use too: an existing path wins
+    if record is not None:
+        return record
     text = os.fspath(weights)
-    for record in spec.weights:
-        if record.name == text:
-            return record
-    if os.path.exists(text) or os.path.exists(text + ".index"):
+    if os.path.exists(text) or os.path.exists(text + ".index"):  # a file, or a TensorFlow checkpoint prefix
         return text
-    names = ", ".join(w.name for w in spec.weights) or "none"
+    names = ", ".join(w.name for w in model_spec(model).weights) or "none"
     raise ValueError(f"model {model!r} has no weights named {text!r} (its weights: {names}) and there is no "
                      f"checkpoint file at {text!r}")
 

@@ -1,10 +1,10 @@
 """Datasets and the input pipeline.
 
     from v3d_flax import data
-    from v3d_flax.registry import model_spec
+    from v3d_flax.preprocessing import TORCHVISION_KINETICS      # or a model record's: model_spec(name).normalization
     info = data.dataset_info("v3d_synthetic_motion")            # builds the embedded dataset on first use
     batches = data.train_batches("v3d_synthetic_motion", data_dir=None, global_batch_size=16, num_frames=16,
-                                 crop_size=32, normalization=model_spec("c3d").normalization, seed=0)
+                                 crop_size=32, normalization=TORCHVISION_KINETICS, seed=0)
     batch = next(batches)                                         # {"video": (16, 16, 32, 32, 3), "label": (16,)}
 
 Metrics need only numpy; the dataset functions import TensorFlow on first use.
