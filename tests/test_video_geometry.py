@@ -14,7 +14,8 @@ import torch
 from videos import encode
 
 from v3d_flax.registry import list_models, model_spec
-from v3d_flax.video import clip_indices, crop_offsets, decode_frames, load_views, preprocess, probe, resized_size
+from v3d_flax.video import (bilinear_resize, clip_indices, crop_offsets, decode_frames, load_views, preprocess, probe,
+                            resized_size)
 
 TORCHVISION = ["r3d_18", "r3d_34", "mc3_18", "r2plus1d_18", "r2plus1d_34"]
 PYTORCHVIDEO = ["i3d_r50", "slow_r50", "c2d_r50", "csn_r101", "r2plus1d_r50", "slowfast_r50", "slowfast_r101",
@@ -117,6 +118,56 @@ def test_bare_helpers_keep_their_defaults():
         model_spec("x3d_m").recipe.with_overrides(resize_rounding="ceil")
 
 
+def torchvision_video_classification(frames: np.ndarray, resize_size, crop_size, mean, std) -> np.ndarray:
+    """torchvision 0.28's `transforms._presets.VideoClassification` on uint8 (T, H, W, 3) frames, as
+    `torchvision.io.read_video(..., output_format="TCHW")` hands them to it, written out in torch ops:
+    `functional.resize` (antialias=False) casts the uint8 frames to float32, interpolates bilinearly
+    (align_corners=False), `torch.round`s and casts back to uint8; `center_crop` offsets by
+    int(round(...)); `convert_image_dtype` divides by 255; `normalize` subtracts and divides."""
+    video = torch.from_numpy(frames).permute(0, 3, 1, 2).to(torch.float32)
+    video = torch.nn.functional.interpolate(video, size=list(resize_size), mode="bilinear", align_corners=False,
+                                            antialias=False)
+    video = torch.round(video).to(torch.uint8)
+    top, left = (torchvision_center(s, c) for s, c in zip(video.shape[-2:], crop_size))
+    video = video[..., top:top + crop_size[0], left:left + crop_size[1]]
+    video = video.to(torch.float32) / 255.0
+    video = (video - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
+    return video.permute(0, 2, 3, 1).numpy()
+
+
+def textured_frames(height: int, width: int, frames: int = 2) -> np.ndarray:
+    """Deterministic uint8 frames with detail at every scale: smooth noise plus pixel noise."""
+    rng = np.random.default_rng(height * 10000 + width)
+    coarse = torch.from_numpy(rng.uniform(0, 255, (frames, 3, height // 8 + 2, width // 8 + 2)).astype(np.float32))
+    smooth = torch.nn.functional.interpolate(coarse, size=(height, width), mode="bicubic").numpy()
+    noisy = smooth.transpose(0, 2, 3, 1) + rng.normal(0, 12, (frames, height, width, 3))
+    return np.clip(np.round(noisy), 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("height, width", [(240, 320), (1280, 720), (272, 640), (100, 200)])
+def test_torchvision_views_are_the_presets_pixel_for_pixel(height, width):
+    """r3d_18's default view of non-square frames equals torchvision's own preset exactly, including
+    its rounding of the resized frames back to uint8 (float32 arithmetic in another order flips a few
+    values in 10^5 by a grey level; not rounding moves all of them by up to half of one)."""
+    spec = model_spec("r3d_18")
+    r, norm = spec.recipe, spec.normalization
+    frames = textured_frames(height, width)
+    ours = preprocess(frames, r, norm.mean, norm.std)
+    (y, x), = crop_offsets(*ours.shape[1:3], r.crop, 1, r.crop_rounding(1))
+    theirs = torchvision_video_classification(frames, r.resize, (r.crop, r.crop), norm.mean, norm.std)
+    np.testing.assert_array_equal(ours[:, y:y + r.crop, x:x + r.crop], theirs)
+
+
+@pytest.mark.parametrize("size", [(128, 171), (300, 200), (91, 455)])
+def test_bilinear_resize_is_torchs_to_the_bit(size):
+    """Down and up, on [0, 1] frames (PyTorchVideo's order) and on 0-255 values (torchvision's)."""
+    frames = textured_frames(272, 640)
+    for x in (frames.astype(np.float32) / np.float32(255), frames.astype(np.float32)):
+        theirs = torch.nn.functional.interpolate(torch.from_numpy(x).permute(0, 3, 1, 2), size=size, mode="bilinear",
+                                                 align_corners=False)
+        np.testing.assert_array_equal(bilinear_resize(x, *size), theirs.permute(0, 2, 3, 1).numpy())
+
+
 def test_preprocess_resizes_by_the_recipe_rule():
     frames = np.zeros((1, 720, 1280, 3), np.uint8)
     assert preprocess(frames, model_spec("x3d_xs").recipe, (0.45,) * 3, (0.225,) * 3).shape == (1, 182, 323, 3)
@@ -137,12 +188,16 @@ def gradient_video(tmp_path_factory):
 
 def _publisher_crops(path, name, recipe, crops):
     """The first frame of `load_views`'s clip as `name`'s publisher would see it: decoded, resized with
-    torch's bilinear interpolate to the publisher's size, normalised; and the publisher's crop corners."""
+    torch's bilinear interpolate to the publisher's size (torchvision's preset: of the uint8 frames,
+    rounded back to uint8), normalised; and the publisher's crop corners."""
     info = probe(path)
     frames = decode_frames(path, clip_indices(info.num_frames, info.fps, recipe, 1)[0, :1])
     size, corners = expected(name, *frames.shape[1:3], crops)
-    x = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255.0
-    x = torch.nn.functional.interpolate(x, size=size, mode="bilinear", align_corners=False)
+    x = torch.from_numpy(frames).permute(0, 3, 1, 2).float()
+    if name in TORCHVISION:
+        x = torch.round(torch.nn.functional.interpolate(x, size=size, mode="bilinear", align_corners=False)) / 255.0
+    else:
+        x = torch.nn.functional.interpolate(x / 255.0, size=size, mode="bilinear", align_corners=False)
     normalization = model_spec(name).normalization
     mean, std = normalization.mean, normalization.std
     x = (x - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]

@@ -181,3 +181,29 @@ def test_slowfast_4x16_arguments_give_the_zoo_parameter_count():
 
     assert millions() == 34.57
     assert millions(**get_weights("slowfast_r50", "kinetics400_4x16").model_kwargs) == 34.48
+
+
+def test_architecture_arguments_travel_with_the_weights_and_the_checkpoints(tmp_path):
+    """train.py builds SlowFast 4x16 with its record's arguments, records them in run.json, and every
+    checkpoint written from such a model (safetensors, a workdir) loads back into the same architecture."""
+    from v3d_flax.checkpoints import save_checkpoint
+    from v3d_flax.train.init_from import architecture_of
+
+    four_by_sixteen = dict(get_weights("slowfast_r50", "kinetics400_4x16").model_kwargs)
+    assert architecture_of("slowfast_r50", "kinetics400_4x16") == four_by_sixteen == {"alpha": 8, "fusion_kernel": 5}
+    assert architecture_of("slowfast_r50", "kinetics400") == {} and architecture_of("slowfast_r50", None) == {}
+    with pytest.raises(ValueError, match="take flow input.*train.py trains on RGB"):
+        architecture_of("i3d", "kinetics400_flow")
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    (workdir / "run.json").write_text('{"model": "slowfast_r50", "model_kwargs": {"alpha": 8, "fusion_kernel": 5}}')
+    assert architecture_of("slowfast_r50", str(workdir)) == four_by_sixteen
+
+    model = create_model("slowfast_r50", num_classes=3, rngs=nnx.Rngs(0), **four_by_sixteen)
+    assert dict(model.arch_kwargs) == four_by_sixteen
+    save_checkpoint(model, tmp_path / "sf.safetensors")
+    loaded = load_model("slowfast_r50", tmp_path / "sf.safetensors")
+    assert loaded.alpha == 8 and dict(loaded.arch_kwargs) == four_by_sixteen
+    key = "blocks/0/multipathway_fusion/conv_fast_to_slow/kernel"
+    assert flax_state(loaded)[key].shape == (5, 1, 1, 8, 16)
+    np.testing.assert_array_equal(flax_state(loaded)[key], flax_state(model)[key])

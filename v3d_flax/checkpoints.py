@@ -306,9 +306,16 @@ def _wrong_model(name: str, path: str, shapes: dict, kind: str, source: str | No
                            f"{best.describe()} and {own.describe()}); pass {flags}")
 
 
+def _json_dict(value) -> dict:
+    """A checkpoint's recorded architecture arguments: a dict, or its JSON text (orbax metadata)."""
+    return json.loads(value) if isinstance(value, str) else dict(value or {})
+
+
 def _load_flax(name: str, path: str, num_classes: int | None, recipe, **kwargs) -> nnx.Module:
     flat, meta = read_flax_checkpoint(path)
-    recorded = meta.get("arch") or training_run_record(path).get("model")
+    run = training_run_record(path)
+    recorded = meta.get("arch") or run.get("model")
+    kwargs = {**(run.get("model_kwargs") or {}), **_json_dict(meta.get("model_kwargs")), **kwargs}
     if isinstance(recorded, str) and recorded and recorded != name:
         raise CheckpointError(f"{path} holds a {recorded} checkpoint (recorded in it), not {name}; "
                               f"pass --model {recorded}")
@@ -407,7 +414,8 @@ def save_checkpoint(model: nnx.Module, dest: str | os.PathLike, *, force: bool =
     check_destination(dest, force)
     arch = getattr(model, "arch", None)
     meta = {"format": FORMAT, "arch": arch or "", "num_classes": _model_num_classes(model) if arch else None,
-            "num_frames": getattr(model, "num_frames", None), "crop_size": getattr(model, "crop_size", None)}
+            "num_frames": getattr(model, "num_frames", None), "crop_size": getattr(model, "crop_size", None),
+            "model_kwargs": json.dumps(dict(model.arch_kwargs)) if getattr(model, "arch_kwargs", ()) else None}
     if dest.endswith(".safetensors"):
         from safetensors.numpy import save_file
 

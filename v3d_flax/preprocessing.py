@@ -49,6 +49,8 @@ class Recipe:
     short-side resize ("round": nearest; "floor": PyTorchVideo's `floor(long / short * resize)`), and
     for the centre offset `(side - crop) / 2`, `center_rounding` with 1 crop and `three_crop_rounding`
     with 3 ("round": Python's, halves to even, as torchvision's `center_crop`; "floor"; "ceil").
+    `resized_to_uint8`: the resized frames are rounded back to uint8 before scaling to [0, 1], as
+    torchvision's `VideoClassification` preset resizes uint8 frames (the default scales first).
     The defaults (round, floor, floor) serve recipes built by hand; `TORCHVISION_ROUNDING` and
     `PYTORCHVIDEO_ROUNDING` are the publishers'.
     """
@@ -65,6 +67,7 @@ class Recipe:
     resize_rounding: str = "round"
     center_rounding: str = "floor"
     three_crop_rounding: str = "floor"
+    resized_to_uint8: bool = False
 
     def __post_init__(self):
         if self.frames < 1 or self.rate < 1 or self.crop < 1 or self.clips < 1 or self.crops not in (1, 3):
@@ -82,9 +85,10 @@ class Recipe:
         return replace(self, **{k: v for k, v in overrides.items() if v is not None})
 
 
-# Each publisher's pixel rounding. torchvision: `VideoClassification` resizes to a fixed size, then
-# `functional.center_crop` offsets by int(round(...)). PyTorchVideo: `short_side_scale` floors the long
-# side; its 1-crop evaluation (trainer val transform, hub tutorial) is torchvision's CenterCrop,
-# int(round(...)); its 3-crop test is `uniform_crop`, centred by ceil (as PySlowFast's).
-TORCHVISION_ROUNDING = dict(center_rounding="round", three_crop_rounding="round")
+# Each publisher's pixel rounding. torchvision: `VideoClassification` resizes the uint8 frames to a fixed
+# size (in float32, rounded back to uint8), then `functional.center_crop` offsets by int(round(...)).
+# PyTorchVideo: `short_side_scale` floors the long side; its 1-crop evaluation (trainer val transform,
+# hub tutorial) is torchvision's CenterCrop, int(round(...)); its 3-crop test is `uniform_crop`,
+# centred by ceil (as PySlowFast's).
+TORCHVISION_ROUNDING = dict(center_rounding="round", three_crop_rounding="round", resized_to_uint8=True)
 PYTORCHVIDEO_ROUNDING = dict(resize_rounding="floor", center_rounding="round", three_crop_rounding="ceil")

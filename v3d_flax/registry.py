@@ -202,7 +202,7 @@ def create_model(name: str, *, num_classes: int | None = None, rngs: nnx.Rngs | 
     from v3d_flax.layers import build_batched
 
     model = build_batched(get_factory(name), num_classes=num_classes, rngs=rngs, **kwargs)
-    model.arch = name
+    _label(model, name, kwargs)
     return model
 
 
@@ -215,5 +215,14 @@ def abstract_model(name: str, *, num_classes: int, rngs: nnx.Rngs | None = None,
 
     model = build_abstract(get_factory(name), num_classes=num_classes, rngs=nnx.Rngs(0) if rngs is None else rngs,
                            **kwargs)
-    model.arch = name
+    _label(model, name, kwargs)
     return model
+
+
+def _label(model, name: str, kwargs: dict) -> None:
+    """Name the built model (`model.arch`) and keep the architecture arguments it was built with beyond
+    the clip size (`model.arch_kwargs`, e.g. SlowFast 4x16's alpha), which checkpoints record."""
+    model.arch = name
+    clip_args = model_spec(name).clip_kwargs
+    model.arch_kwargs = tuple(sorted((k, v) for k, v in kwargs.items()
+                                     if k not in clip_args and isinstance(v, (bool, int, float, str))))

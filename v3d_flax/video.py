@@ -161,19 +161,54 @@ def crop_offsets(height: int, width: int, crop: int, crops: int, rounding: str =
     return [(cy, 0), (cy, cx), (cy, width - crop)]
 
 
-def preprocess(frames: np.ndarray, recipe: Recipe, mean, std) -> np.ndarray:
-    """uint8 (..., T, H, W, 3) -> resized float32 in model units: bilinear (half-pixel, no antialias, as
-    torch's interpolate), then (x / 255 - mean) / std. Crops are taken by the caller."""
-    import jax  # here, not at the top: the command lines' parsers import this module
-    import jax.numpy as jnp
+def _fused_lerp(a: np.ndarray, wa: np.ndarray, b: np.ndarray, wb: np.ndarray) -> np.ndarray:
+    """float32 `a * wa + b * wb` with the first product fused into the sum (one rounding), as torch's
+    compiled CPU kernel evaluates it; the float64 product of two float32 numbers is exact."""
+    return (a.astype(np.float64) * wa + (b * wb).astype(np.float64)).astype(np.float32)
 
+
+def _linear_taps(size_in: int, size_out: int):
+    """Source pixels (i0, i1) and weights (w0, w1) of torch's bilinear resize along one axis
+    (half-pixel centres, align_corners=False, no antialias), in its float32 arithmetic."""
+    out = np.arange(size_out)
+    if size_in == size_out:  # torch copies
+        return out, out, np.ones(size_out, np.float32), np.zeros(size_out, np.float32)
+    scale = np.float32(size_in) / np.float32(size_out)
+    centres = (out + 0.5).astype(np.float32)
+    source = np.maximum(_fused_lerp(centres, scale, np.ones_like(centres), np.float32(-0.5)), np.float32(0))
+    i0 = np.minimum(np.floor(source).astype(np.int64), size_in - 1)
+    w1 = np.clip(source - i0.astype(np.float32), 0, 1).astype(np.float32)
+    return i0, i0 + (i0 < size_in - 1), (np.float32(1) - w1), w1
+
+
+def bilinear_resize(x: np.ndarray, height: int, width: int) -> np.ndarray:
+    """float32 (..., H, W, C) resized to (..., height, width, C) as `torch.nn.functional.interpolate(
+    mode="bilinear", align_corners=False)` on CPU computes it, to the bit: along the width, then the height."""
+    x = np.asarray(x, np.float32)
+    r0, r1, hw0, hw1 = _linear_taps(x.shape[-3], height)
+    c0, c1, cw0, cw1 = _linear_taps(x.shape[-2], width)
+    rows, inverse = np.unique(np.concatenate([r0, r1]), return_inverse=True)
+    picked = x[..., rows, :, :]
+    across = _fused_lerp(picked[..., c0, :], cw0[:, None], picked[..., c1, :], cw1[:, None])
+    top, bottom = across[..., inverse[:height], :, :], across[..., inverse[height:], :, :]
+    return _fused_lerp(top, hw0[:, None, None], bottom, hw1[:, None, None])
+
+
+def preprocess(frames: np.ndarray, recipe: Recipe, mean, std) -> np.ndarray:
+    """uint8 (..., T, H, W, 3) -> resized float32 in model units, `(x / 255 - mean) / std`. The resize is
+    bilinear as torch's (`bilinear_resize`): of the [0, 1] frames, or, where the recipe says
+    `resized_to_uint8` (torchvision's preset), of the uint8 values, rounded half to even back to uint8.
+    Crops are taken by the caller."""
     frames = np.asarray(frames)
     height, width = resized_size(frames.shape[-3], frames.shape[-2], recipe.resize, recipe.resize_rounding)
-    x = jnp.asarray(frames, jnp.float32) / 255.0
-    if (height, width) != x.shape[-3:-1]:
-        x = jax.image.resize(x, (*x.shape[:-3], height, width, 3), method="linear", antialias=False)
-    x = (x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
-    return np.asarray(x, np.float32)
+    resize = (height, width) != frames.shape[-3:-1]
+    if recipe.resized_to_uint8:
+        x = np.round(bilinear_resize(frames, height, width)).clip(0, 255) if resize else frames
+        x = x.astype(np.float32) / np.float32(255)
+    else:
+        x = frames.astype(np.float32) / np.float32(255)
+        x = bilinear_resize(x, height, width) if resize else x
+    return (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
 
 
 def load_views(path: str | os.PathLike, recipe: Recipe, normalization: Normalization, *,

@@ -28,19 +28,37 @@ def classifier_prefix(classifier: str) -> str:
     return classifier.replace(".", "/") + "/"
 
 
+def architecture_of(model: str, init_from: str | None) -> dict:
+    """The factory arguments the model must be built with to take --init-from `init_from`: those of
+    its pretrained-weights record (SlowFast 4x16: alpha 8 and 5x1x1 lateral convs), or those recorded
+    in the run.json of a training workdir; {} otherwise. ValueError for weights of another input
+    modality (flow), which train.py's RGB input pipeline cannot feed."""
+    if init_from is None:
+        return {}
+    from v3d_flax.weights import named_weights
+
+    record = named_weights(model, init_from)
+    if record is not None:
+        if record.modality != "rgb":
+            raise ValueError(f"--init-from {init_from}: these {model} weights take {record.modality} input "
+                             f"({dict(record.model_kwargs)}); train.py trains on RGB frames")
+        return dict(record.model_kwargs)
+    if os.path.isdir(init_from):
+        from v3d_flax.checkpoints import training_run_record
+
+        return dict(training_run_record(init_from).get("model_kwargs") or {})
+    return {}
+
+
 def checkpoint_of(model: str, init_from: str, source: str) -> tuple[str, str]:
     """(checkpoint path, its source) of --init-from: a file of `source` as given, or the model's
     pretrained weights by name ("kinetics400", `v3d_flax.list_weights(model)`), fetched, verified and
-    cached (`v3d_flax.hub`), with the source their record names. ValueError for weights whose model
-    takes other constructor arguments (another clip layout, flow input) than train.py builds."""
+    cached (`v3d_flax.hub`), with the source their record names."""
     from v3d_flax.weights import named_weights
 
     record = named_weights(model, init_from)
     if record is None:
         return init_from, source
-    if record.model_kwargs:
-        raise ValueError(f"--init-from {init_from}: these {model} weights need the model built with "
-                         f"{dict(record.model_kwargs)}, which train.py does not build")
     from v3d_flax.hub import fetch_weights
 
     return str(fetch_weights(record)), record.source

@@ -68,6 +68,7 @@ def run(config: TrainConfig) -> dict:
 def run_resolved(config: TrainConfig) -> dict:
     """`run` for a config that `resolve` already returned (the command line resolves it to check the
     flags before any device work)."""
+    architecture = init_from.architecture_of(config.model, config.init_from)  # before any work
     init_distributed(config.coordinator_address, config.num_processes, config.process_id)
     parallel = data_parallel(config.parallel, select_devices(config.accelerator))
     checkpointing.check_workdir(config.workdir, config.model)  # before anything is written
@@ -88,7 +89,8 @@ def run_resolved(config: TrainConfig) -> dict:
 
     model = build_model(config.model, num_classes=info.num_classes, num_frames=config.num_frames,
                         crop_size=config.crop_size, seed=config.seed, remat=config.remat,
-                        bn_axis_name=parallel.axis_name, dropout=config.dropout, conv_impl=config.conv_impl)
+                        bn_axis_name=parallel.axis_name, dropout=config.dropout, conv_impl=config.conv_impl,
+                        **architecture)
     fresh: list[str] = []  # the classifier's tensors that --init-from leaves freshly initialised
     from_orbax = config.init_from is not None and os.path.isdir(config.init_from)  # else a checkpoint file
     if config.init_from is not None and not from_orbax:
@@ -101,7 +103,8 @@ def run_resolved(config: TrainConfig) -> dict:
     if from_orbax:
         state, fresh = init_from.load_orbax(config.init_from, state, rep, classifier=spec.classifier)
 
-    checkpointing.write_run_info(config.workdir, {"model": config.model, "dataset": config.dataset,
+    checkpointing.write_run_info(config.workdir, {"model": config.model, "model_kwargs": architecture,
+                                                  "dataset": config.dataset,
                                                   "num_classes": info.num_classes,
                                                   "class_names": list(info.class_names), "config": config.to_json()})
     ckpt = checkpointing.Checkpointer(config.workdir, keep=config.keep_checkpoints)

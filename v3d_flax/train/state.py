@@ -24,13 +24,13 @@ from v3d_flax.train.remat import apply_remat
 
 def build_model(name: str, *, num_classes: int, num_frames: int, crop_size: int, seed: int,
                 remat: bool = False, bn_axis_name: str | None = None, dropout: float | None = None,
-                conv_impl: str = "auto") -> nnx.Module:
-    """`create_model(name)`, passing the clip size where its record says the model follows it (C3D); optional
-    per-block rematerialisation (`v3d_flax.train.remat`), cross-replica BatchNorm over `bn_axis_name`
-    (the pmap path's axis), a dropout rate for every dropout layer (None keeps the model's own) and
-    the formulation of every 3D convolution (`v3d_flax.layers.set_conv_impl`)."""
+                conv_impl: str = "auto", **architecture) -> nnx.Module:
+    """`create_model(name, **architecture)`, passing the clip size where its record says the model follows
+    it (C3D); optional per-block rematerialisation (`v3d_flax.train.remat`), cross-replica BatchNorm over
+    `bn_axis_name` (the pmap path's axis), a dropout rate for every dropout layer (None keeps the
+    model's own) and the formulation of every 3D convolution (`v3d_flax.layers.set_conv_impl`)."""
     model = create_model(name, num_classes=num_classes, rngs=nnx.Rngs(seed),
-                         **model_spec(name).size_kwargs(num_frames, crop_size))
+                         **model_spec(name).size_kwargs(num_frames, crop_size), **architecture)
     set_conv_impl(model, conv_impl)
     for _, module in nnx.iter_modules(model):
         if bn_axis_name is not None and isinstance(module, BatchNorm):
