@@ -10,8 +10,10 @@ For each model and clip size: training-step throughput (SGD, cross-entropy; Flax
 the nnx.split state with the state donated) and inference throughput, in clips/s, Flax against
 PyTorch eager (channels_last_3d) and, with --torch-compile, torch.compile. Rounds alternate between
 the frameworks and the table quotes medians and the ratio Flax / PyTorch (>1: Flax is faster).
-FLOPs are XLA's cost analysis of the compiled Flax step (2 per MAC, padded taps skipped); the
-achieved GFLOP/s is compared with a matmul peak measured in the same run. Memory: XLA's compiled
+FLOPs are the model's analytic count (2 x fvcore MACs of the forward pass, a training step 3 x
+that), the same on every backend; MFU compares the achieved FLOP/s with a matmul peak measured in
+the same run. `--render results.json` rewrites a run's table (and JSON) with the current columns
+from its own measured times and peak, without measuring again. Memory: XLA's compiled
 memory analysis (arguments + temporaries + outputs - aliased) for Flax; torch's peak allocated
 memory on GPU (not tracked for CPU tensors, shown as n/a). Writes results<suffix>.md,
 results<suffix>.json and chart<suffix>.png under --out (--suffix, e.g. _16x56x56, keeps runs of other
@@ -54,6 +56,8 @@ def parse_args(argv=None):
     p.add_argument("--conv-impl", default="auto", metavar="NAME",
                    help="conv formulation of every Flax conv: auto (default), lax, time2d, time2d_lax_grad, "
                         "im2col or shift_add (v3d_flax.conv); --remat-tpu plans with lax unless one is named")
+    p.add_argument("--render", default="", metavar="JSON",
+                   help="rewrite the .md and .json of this earlier run from its own measurements, then exit")
     p.add_argument("--out", default="benchmarks/results")
     p.add_argument("--suffix", default="", help="appended to the output file names (default: none)")
     args = p.parse_args(argv)
@@ -69,8 +73,32 @@ def parse_args(argv=None):
     return args
 
 
+def render(path: str) -> str:
+    """Rewrite the run `path` (results*.json) and its .md with today's columns (analytic FLOPs, MFU)
+    from the times and matmul peak it measured; returns the table."""
+    from types import SimpleNamespace
+
+    from benchmarks import harness
+
+    with open(path) as f:
+        run = json.load(f)
+    num_classes = run["args"].get("num_classes", 400)
+    run["rows"] = [row if "error" in row else harness.add_flops(row, run["peak_flops"], num_classes)
+                   for row in run["rows"]]
+    report = harness.markdown(run["rows"], run["machine"], run["peak_flops"], SimpleNamespace(**run["args"]),
+                              run["remat"])
+    with open(path, "w") as f:
+        json.dump(run, f, indent=1)
+    with open(os.path.splitext(path)[0] + ".md", "w") as f:
+        f.write(report)
+    return report
+
+
 def main(argv=None):
     args = parse_args(argv)
+    if args.render:
+        print(render(args.render))
+        return
     if args.device == "cpu":
         os.environ.setdefault("JAX_PLATFORMS", "cpu")
     import jax

@@ -1,4 +1,4 @@
-"""The benchmark harness's TPU memory-plan target (compiling for a TPU without one needs libtpu)."""
+"""The benchmark harness: its TPU memory-plan target (compiling for a TPU without one needs libtpu) and its FLOP count."""
 
 import importlib.util
 
@@ -54,3 +54,42 @@ def test_unusable_tpu_target_fails_before_any_benchmark_and_writes_nothing(tmp_p
         bench_models.main(["--models", "r3d_18", "--remat-budget-gib", "4", "--remat-tpu", "no-such-chip",
                            "--out", str(out)])
     assert not out.exists()
+
+
+def test_flops_are_the_models_analytic_count_and_mfu_uses_the_runs_peak():
+    """2 x fvcore MACs forward (r3d_18 at 16x112x112: torchvision's published 40.70 GMACs), a train
+    step 3 x that, whatever backend XLA compiles for; MFU against the matmul peak of the same run."""
+    from v3d_flax.registry import model_spec
+
+    flops = harness.model_flops("r3d_18", (16, 112, 112), 4, 400)
+    assert round(flops["infer"] / 4 / 2e9, 2) == model_spec("r3d_18").published.gmacs == 40.70
+    assert flops["train"] == 3 * flops["infer"]
+    row = {"model": "r3d_18", "clip": "16x112x112", "batch": 4, "flax_train_s": 2.0, "flax_infer_s": 0.5,
+           "train_utilisation": 0.1}
+    harness.add_flops(row, {"jax": 1e12}, 400)
+    assert row["train_mfu"] == flops["train"] / 2.0 / 1e12 and row["infer_mfu"] == flops["infer"] / 0.5 / 1e12
+    assert row["train_gflop_per_clip"] == flops["train"] / 4 / 1e9 and "train_utilisation" not in row
+
+
+def test_the_gpu_check_runs_without_tensorflow(tmp_path):
+    """benchmarks/gpu_check.sh's accelerator tests collect, and its benchmark imports, where TensorFlow
+    is absent (GPU images commonly ship JAX and torch only)."""
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    script = (repo / "benchmarks" / "gpu_check.sh").read_text()
+    files = re.search(r'^ACCELERATOR_TESTS="([^"]+)"', script, re.M).group(1).split()
+    code = ("import importlib.abc, sys\n"
+            "class NoTensorFlow(importlib.abc.MetaPathFinder):\n"
+            "    def find_spec(self, name, path, target=None):\n"
+            "        if name.split('.')[0] in ('tensorflow', 'tensorflow_datasets', 'tensorboard'):\n"
+            "            raise ImportError(f'{name} is not installed here')\n"
+            "sys.meta_path.insert(0, NoTensorFlow())\n"
+            "import benchmarks.bench_models, benchmarks.harness, pytest\n"
+            f"sys.exit(pytest.main(['-q', '-o', 'addopts=', '-p', 'no:cacheprovider', '-m', 'accelerator', '--co', *{files!r}]))\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert re.search(r"(\d+)/\d+ tests collected", proc.stdout) and "error" not in proc.stdout.lower()

@@ -53,6 +53,7 @@ IMPL_CASES = [(impl, case) for impl in ("auto", "time2d", "time2d_lax_grad", "im
               for case in CASES if _applies(impl, case)]
 
 
+@pytest.mark.accelerator
 @pytest.mark.parametrize("impl,case", IMPL_CASES,
                          ids=[f"{i}-x{c[0]}k{c[1]}s{c[2]}g{c[4]}d{c[5]}" for i, c in IMPL_CASES])
 def test_formulation_equals_lax_forward_and_gradients(impl, case):

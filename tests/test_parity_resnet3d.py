@@ -12,7 +12,8 @@ RESNETS = {"r3d_18": (2, 3, 8, 32, 32), "mc3_18": (2, 3, 8, 32, 32), "r2plus1d_1
            "r3d_34": (2, 3, 16, 32, 32), "r2plus1d_34": (2, 3, 16, 32, 32)}
 
 
-@pytest.mark.parametrize("name", sorted(RESNETS))
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.accelerator) if n == "r3d_18" else n
+                                  for n in sorted(RESNETS)])
 def test_video_resnet_parity(name):
     check_parity(name, RESNETS[name])
 

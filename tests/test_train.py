@@ -4,6 +4,7 @@ import json
 import math
 
 import jax
+import jax.extend.core
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -244,6 +245,41 @@ def test_remat_cuts_the_activation_memory_xla_plans():
     assert per_clip[True] < per_clip[False] / 1.5, per_clip
 
 
+def _precisions(step, state, batch) -> set:
+    """The precision of every convolution and matrix product in the traced step."""
+    found = set()
+
+    def walk(jaxpr):
+        for eqn in jaxpr.eqns:
+            if eqn.primitive.name in ("conv_general_dilated", "dot_general"):
+                found.add(str(eqn.params["precision"]))
+            for value in eqn.params.values():
+                for sub in value if isinstance(value, (tuple, list)) else (value,):
+                    if isinstance(sub, (jax.extend.core.Jaxpr, jax.extend.core.ClosedJaxpr)):
+                        walk(getattr(sub, "jaxpr", sub))
+
+    walk(jax.make_jaxpr(step)(state, batch).jaxpr)
+    return found
+
+
+@pytest.mark.accelerator
+def test_fp32_highest_asks_every_conv_and_matmul_for_full_float32():
+    """--precision fp32-highest pins HIGHEST in the traced step (no TF32 on GPU, no bf16 passes on TPU);
+    fp32 leaves the choice to the backend."""
+    (_, m), state = _one_step("r3d_18", precision="fp32-highest")
+    assert math.isfinite(float(m["loss"]))
+    model = build_model("r3d_18", num_classes=5, num_frames=4, crop_size=16, seed=0)
+    defs, _ = split_model(model)
+    config = resolve(TrainConfig(model="r3d_18", workdir="-", lr=0.1, steps=10, warmup_steps=0))
+    tx, schedule = build_optimizer(config, 10)
+    batch = {"video": np.zeros((2, 4, 16, 16, 3), np.float32), "label": np.zeros(2, np.int32)}
+    steps = {p: make_train_step(defs, tx, schedule, num_classes=5, label_smoothing=0.0, precision=p)
+             for p in ("fp32", "fp32-highest")}
+    assert _precisions(steps["fp32-highest"], state, batch) == {"(Precision.HIGHEST, Precision.HIGHEST)"}
+    assert "None" in _precisions(steps["fp32"], state, batch)
+
+
+@pytest.mark.accelerator
 def test_bf16_computes_in_bfloat16_keeps_float32_state():
     (state, m), _ = _one_step("r3d_18", precision="bf16")
     assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(state["params"]))

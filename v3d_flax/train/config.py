@@ -144,8 +144,10 @@ class TrainConfig:
                               help="clip gradients to this global norm; 0 disables (default: {default})")
     seed: int = option(0, group=_OPT, type=int,
                        help="seed of the initialisation, dropout and the input order (default: {default})")
-    precision: str = option("fp32", group=_OPT, choices=("fp32", "bf16"),
-                            help="'bf16' computes in bfloat16 with float32 parameters and BatchNorm statistics "
+    precision: str = option("fp32", group=_OPT, choices=("fp32", "fp32-highest", "bf16"),
+                            help="'bf16' computes in bfloat16 with float32 parameters and BatchNorm statistics; "
+                                 "'fp32' lets the backend pick its float32 matmul precision (TF32 on recent "
+                                 "NVIDIA GPUs, bf16 passes on TPU), 'fp32-highest' asks for full float32 "
                                  "(default: {default})")
     remat: bool = option(False, group=_OPT, action="store_true",
                          help="rematerialise activations per block in the backward pass")

@@ -8,6 +8,7 @@ reductions; under `jax.pmap` they are explicit (`pmean` over `axis_name`).
 
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import jax
@@ -15,7 +16,24 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-COMPUTE_DTYPES = {"fp32": jnp.float32, "bf16": jnp.bfloat16}
+COMPUTE_DTYPES = {"fp32": jnp.float32, "fp32-highest": jnp.float32, "bf16": jnp.bfloat16}
+# "fp32-highest": every matrix product and convolution in full float32, where "fp32" lets the backend
+# choose (TF32 on NVIDIA Ampere and later, bf16 passes on TPU; full float32 on CPU either way).
+MATMUL_PRECISIONS = {"fp32-highest": "highest"}
+
+
+def with_matmul_precision(step: Callable, precision: str) -> Callable:
+    """`step`, traced under `jax.default_matmul_precision` where `precision` asks for one."""
+    level = MATMUL_PRECISIONS.get(precision)
+    if level is None:
+        return step
+
+    @functools.wraps(step)
+    def traced_at_precision(*args, **kwargs):
+        with jax.default_matmul_precision(level):
+            return step(*args, **kwargs)
+
+    return traced_at_precision
 
 
 def topk_correct(logits: jax.Array, labels: jax.Array, k: int) -> jax.Array:
@@ -58,7 +76,7 @@ def make_train_step(defs, tx: optax.GradientTransformation, schedule: optax.Sche
                    "update_norm": optax.tree.norm(updates), "lr": schedule(opt_step)}
         return {"params": params, "rest": rest, "opt_state": opt_state}, metrics
 
-    return train_step
+    return with_matmul_precision(train_step, precision)
 
 
 def _optimizer_count(opt_state, grad_accum: int) -> jax.Array:
@@ -78,4 +96,4 @@ def make_eval_step(defs, *, precision: str) -> Callable:
         model = nnx.merge(defs.eval, state["params"], state["rest"])
         return model(batch["video"].astype(dtype)).astype(jnp.float32)
 
-    return eval_step
+    return with_matmul_precision(eval_step, precision)
