@@ -292,7 +292,7 @@ def remat_batches(args, name="r3d_18", clip=(16, 112, 112), sharding=None) -> di
                         raise
                     cache[b] = None
             return cache[b]
-        best, slope = _largest_fitting_batch(mem, budget)
+        best, slope = largest_fitting_batch(mem, budget)
         key = "remat" if remat else "plain"
         result[key] = {"batch": int(best), "bytes_batch1": mem(1), "bytes_per_clip": slope,
                        "bytes_at_batch": mem(best) if best else None, "compiled_batches": sorted(cache)}
@@ -302,7 +302,7 @@ def remat_batches(args, name="r3d_18", clip=(16, 112, 112), sharding=None) -> di
     return result
 
 
-def _largest_fitting_batch(mem, budget: int) -> tuple[int, float | None]:
+def largest_fitting_batch(mem, budget: int) -> tuple[int, float | None]:
     """The largest batch b with mem(b) <= budget (mem(b) is None: the compiler refused the plan as too
     big), and the per-clip growth from batch 8 to 16. Plans are not linear at small batches (TPU
     layouts change with the batch), so the guess is extrapolated from batches 8 and 16, then

@@ -22,12 +22,12 @@ def test_bad_tpu_topology_is_refused_with_the_expected_form():
 
 
 @pytest.mark.parametrize("per_clip,fixed,budget", [(100, 700, 4096), (7, 50, 60), (3, 10, 5000), (250, 100, 349)])
-def test_remat_search_finds_the_largest_fitting_batch_of_a_nonlinear_plan(per_clip, fixed, budget):
+def test_remat_search_finds_thelargest_fitting_batch_of_a_nonlinear_plan(per_clip, fixed, budget):
     # small batches cost more per clip (as TPU plans do), so the 8 -> 16 line is only a first guess
     def plan(b):
         return fixed + per_clip * b + (200 if b < 8 else 0) + (b * b) // 40
     probes = []
-    best, slope = harness._largest_fitting_batch(lambda b: probes.append(b) or plan(b), budget)
+    best, slope = harness.largest_fitting_batch(lambda b: probes.append(b) or plan(b), budget)
     expected = max([b for b in range(1, 10_000) if plan(b) <= budget], default=0)
     assert best == expected and slope >= per_clip
     assert len(set(probes)) <= 30  # each probe compiles: a bracket and a bisection, not a walk over batches
@@ -43,8 +43,8 @@ def test_remat_tpu_needs_a_budget(capsys):
 def test_remat_search_treats_a_plan_the_compiler_refuses_as_not_fitting():
     # XLA's TPU compiler raises RESOURCE_EXHAUSTED above the chip's memory: the harness records None
     plan = lambda b: None if b > 50 else 100 + 10 * b
-    assert harness._largest_fitting_batch(plan, budget=10_000) == (50, 10.0)
-    assert harness._largest_fitting_batch(lambda b: None, budget=10_000) == (0, None)
+    assert harness.largest_fitting_batch(plan, budget=10_000) == (50, 10.0)
+    assert harness.largest_fitting_batch(lambda b: None, budget=10_000) == (0, None)
 
 
 def test_unusable_tpu_target_fails_before_any_benchmark_and_writes_nothing(tmp_path):

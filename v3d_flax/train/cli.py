@@ -98,6 +98,27 @@ def _is_weights_name(model: str, name: str) -> bool:
     return named_weights(model, name) is not None
 
 
+def _compile_only(parser, args) -> int:
+    """--compile-only: compile the step for --tpu-topology and print the report; 1 if it does not compile."""
+    from v3d_flax.train.compile_only import (TopologyError, compile_train_step, format_report, host_only,
+                                             topology_devices)
+
+    host_only()
+
+    try:
+        config = resolve(TrainConfig(**{f.name: getattr(args, f.name) for f in flag_fields()}))
+    except ValueError as e:
+        parser.error(str(e))
+    try:
+        topology_devices(config.tpu_topology)  # libtpu present and the grid known, before any model is built
+        report = compile_train_step(config, config.tpu_topology)
+    except (TopologyError, ValueError) as e:
+        print(f"{parser.prog}: error: {e}", file=sys.stderr)
+        return 1
+    print(format_report(report), flush=True)
+    return 0 if report.compiled else 1
+
+
 def main(argv=None, *, prog: str = "train.py") -> int:
     """Parse flags, run, map expected failures to one line on stderr and exit status 1 (2 for flags)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # before TensorFlow is first imported
@@ -110,6 +131,8 @@ def main(argv=None, *, prog: str = "train.py") -> int:
         return 2
     if args.init_from is None and args.eval_only and args.workdir is None:
         parser.error("--eval-only needs --workdir (a run to evaluate) or --init-from")
+    if args.compile_only:  # needs JAX and libtpu only: no TensorFlow, no dataset
+        return _compile_only(parser, args)
     from v3d_flax.extras import missing
 
     needs = missing("train", "training")  # TensorFlow, tfds, TensorBoard, matplotlib: one line, not a traceback

@@ -120,6 +120,13 @@ class TrainConfig:
                                                   "which are detected")
     num_processes: int | None = option(group=_DEVICES, type=positive(int), help="processes in the job")
     process_id: int | None = option(group=_DEVICES, type=non_negative(int), help="this process's index, from 0")
+    compile_only: bool = option(False, group=_DEVICES, action="store_true",
+                                help="compile the training step for --tpu-topology here, without a TPU, and report "
+                                     "its HBM plan per chip, collectives, FLOPs and a roofline projection; "
+                                     "trains nothing, reads no data, writes nothing")
+    tpu_topology: str | None = option(group=_DEVICES, metavar="GEN:GRID",
+                                      help="the Cloud TPU slice --compile-only compiles for, e.g. v5e:2x4, v4:2x2x4, "
+                                           "v5p:2x2x2, v6e:2x4 (needs libtpu: pip install 'jax[tpu]')")
 
     steps: int | None = option(group=_OPT, type=positive(int), help="optimizer steps (cpu: {cpu}, gpu/tpu: {gpu})")
     batch_size: int | None = option(group=_OPT, type=positive(int),
@@ -237,6 +244,13 @@ def resolve(config: TrainConfig) -> TrainConfig:
     from v3d_flax.registry import model_spec
 
     spec = model_spec(config.model)
+    if config.compile_only != (config.tpu_topology is not None):
+        raise ValueError("--compile-only and --tpu-topology go together: --compile-only --tpu-topology v5e:2x4")
+    if config.compile_only:
+        from v3d_flax.train.compile_only import parse_topology
+
+        parse_topology(config.tpu_topology)  # a TopologyError (a ValueError) names the expected form
+        config = config.replace(accelerator="tpu")  # a TPU run's defaults: the canonical clip, batch 64
     defaults = {**COMMON_DEFAULTS, **(CPU_DEFAULTS if config.accelerator == "cpu" else ACCEL_DEFAULTS)}
     if config.accelerator == "cpu":
         defaults.update(spec.cpu_defaults)
