@@ -104,7 +104,6 @@ def _compile_only(parser, args) -> int:
                                              topology_devices)
 
     host_only()
-
     try:
         config = resolve(TrainConfig(**{f.name: getattr(args, f.name) for f in flag_fields()}))
     except ValueError as e:

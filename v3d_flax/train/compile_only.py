@@ -11,6 +11,7 @@ roofline projection of the step time. These are compiler figures, not measuremen
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import os
 import re
@@ -77,8 +78,10 @@ def topology_devices(topology: str) -> list:
 
     try:
         return list(topologies.get_topology_desc(topology_name=topology, platform="tpu").devices)
-    except Exception as e:  # no libtpu: a RuntimeError; a grid libtpu does not know: XlaRuntimeError
+    except Exception as e:  # no libtpu: a RuntimeError; a grid libtpu does not know, or its lock: XlaRuntimeError
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if importlib.util.find_spec("libtpu") is not None:  # installed: the topology, or another process's lock
+            raise TopologyError(f"--tpu-topology {topology}: libtpu cannot compile for it ({first})") from e
         raise TopologyError(f"--tpu-topology {topology}: no TPU compiler for it ({first}); compiling for a TPU "
                             f"without one needs libtpu: pip install 'jax[tpu]=={jax.__version__}'") from e
 
@@ -130,7 +133,8 @@ class StepReport:
 
 
 def collectives_of(hlo: str) -> dict[str, dict[str, float]]:
-    """{op: {"count", "bytes"}} of the collectives in optimised HLO text (async ops counted at -start)."""
+    """{op: {"count", "bytes", "elements"}} of the collectives in optimised HLO text (async ops counted at
+    their -start)."""
     out: dict[str, dict[str, float]] = {}
     for shape, op, is_start in _COLLECTIVE.findall(hlo):
         arrays = [(_DTYPE_BYTES[d], math.prod(int(n) for n in dims.split(",") if n)) for d, dims in _ARRAY.findall(shape)]
