@@ -65,23 +65,13 @@ def matmul_peak(args, n: int = 2048) -> dict:
     return {k: 2 * n ** 3 / float(np.median(v)) for k, v in times.items()}
 
 
-def model_flops(name: str, clip, batch: int, num_classes: int) -> dict[str, float]:
-    """FLOPs of one step of `batch` clips from the model's analytic count, the same on every backend:
-    2 x the fvcore MACs of the forward pass (`v3d_flax.summary`, pinned against the published
-    figures) for inference, and 3 x that for a training step (the backward pass computes two products,
-    for the input and for the weights, per forward one). XLA's cost analysis is no substitute: on GPU
-    it does not count the cuDNN convolution custom calls."""
-    from v3d_flax.summary import summarize
-
-    forward = 2 * summarize(name, num_classes=num_classes, clip=tuple(clip), xla=False).macs * batch
-    return {"infer": float(forward), "train": 3.0 * forward}
-
-
 def add_flops(row: dict, peak: dict, num_classes: int) -> dict:
-    """`row` with each mode's analytic GFLOP per clip and its MFU (model FLOPs / the Flax step time /
-    the JAX matmul peak measured in the same run)."""
+    """`row` with each mode's analytic GFLOP per clip (`v3d_flax.summary.step_flops`) and its MFU
+    (model FLOPs / the Flax step time / the JAX matmul peak measured in the same run)."""
+    from v3d_flax.summary import step_flops
+
     clip = tuple(int(v) for v in row["clip"].split("x"))
-    flops = model_flops(row["model"], clip, row["batch"], num_classes)
+    flops = step_flops(row["model"], clip, row["batch"], num_classes=num_classes)
     for m in ("train", "infer"):
         if f"flax_{m}_s" in row:
             row[f"{m}_gflop_per_clip"] = flops[m] / row["batch"] / 1e9

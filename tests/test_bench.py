@@ -60,8 +60,9 @@ def test_flops_are_the_models_analytic_count_and_mfu_uses_the_runs_peak():
     """2 x fvcore MACs forward (r3d_18 at 16x112x112: torchvision's published 40.70 GMACs), a train
     step 3 x that, whatever backend XLA compiles for; MFU against the matmul peak of the same run."""
     from v3d_flax.registry import model_spec
+    from v3d_flax.summary import step_flops
 
-    flops = harness.model_flops("r3d_18", (16, 112, 112), 4, 400)
+    flops = step_flops("r3d_18", (16, 112, 112), 4, num_classes=400)
     assert round(flops["infer"] / 4 / 2e9, 2) == model_spec("r3d_18").published.gmacs == 40.70
     assert flops["train"] == 3 * flops["infer"]
     row = {"model": "r3d_18", "clip": "16x112x112", "batch": 4, "flax_train_s": 2.0, "flax_infer_s": 0.5,

@@ -109,6 +109,15 @@ def summarize(name: str, *, num_classes: int = 400, clip: tuple[int, int, int] |
     return ModelSummary(name, clip, num_classes, count_params(model), macs, flops)
 
 
+def step_flops(name: str, clip: tuple[int, int, int], batch: int, *, num_classes: int = 400) -> dict[str, float]:
+    """Model FLOPs of one step of `batch` clips from the analytic count, the same on every backend:
+    2 x the fvcore MACs of the forward pass for inference ("infer"), and 3 x that for a training step
+    ("train": the backward pass computes two products, for the input and for the weights, per forward
+    one). XLA's cost analysis is no substitute: on GPU it does not count cuDNN's convolutions."""
+    forward = 2 * summarize(name, num_classes=num_classes, clip=tuple(clip), xla=False).macs * batch
+    return {"infer": float(forward), "train": 3.0 * forward}
+
+
 def format_table(rows: list[ModelSummary]) -> str:
     """Markdown table of the summaries, with the published figures beside ours."""
     out = ["| model | clip (T x H x W) | params | GMACs (fvcore) | XLA GFLOPs | published params / GMACs |",

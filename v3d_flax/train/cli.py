@@ -100,8 +100,7 @@ def _is_weights_name(model: str, name: str) -> bool:
 
 def _compile_only(parser, args) -> int:
     """--compile-only: compile the step for --tpu-topology and print the report; 1 if it does not compile."""
-    from v3d_flax.train.compile_only import (TopologyError, compile_train_step, format_report, host_only,
-                                             topology_devices)
+    from v3d_flax.train.compile_only import TopologyError, compile_train_step, format_report, host_only
 
     host_only()
     try:
@@ -109,8 +108,7 @@ def _compile_only(parser, args) -> int:
     except ValueError as e:
         parser.error(str(e))
     try:
-        topology_devices(config.tpu_topology)  # libtpu present and the grid known, before any model is built
-        report = compile_train_step(config, config.tpu_topology)
+        report = compile_train_step(config, config.tpu_topology)  # libtpu and the grid checked before the model
     except (TopologyError, ValueError) as e:
         print(f"{parser.prog}: error: {e}", file=sys.stderr)
         return 1

@@ -226,10 +226,9 @@ def compile_train_step(config, topology: str) -> StepReport:
     cost = compiled.cost_analysis()
     cost = (cost[0] if isinstance(cost, (list, tuple)) else cost) or {}
     report.xla_flops, report.bytes_accessed = float(cost.get("flops", np.nan)), float(cost.get("bytes accessed", np.nan))
-    from v3d_flax.summary import summarize
+    from v3d_flax.summary import step_flops
 
-    forward = 2 * summarize(config.model, num_classes=spec.num_classes, clip=clip, xla=False).macs
-    report.model_flops = 3.0 * forward * report.per_chip_batch
+    report.model_flops = step_flops(config.model, clip, report.per_chip_batch, num_classes=spec.num_classes)["train"]
     peak = chip.bf16_flops_per_s / MXU_PASSES[config.precision]
     report.projected_step_s = max(report.xla_flops / peak, report.bytes_accessed / chip.hbm_bytes_per_s)
     report.collectives = collectives_of(compiled.as_text())
