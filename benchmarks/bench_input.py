@@ -6,11 +6,16 @@ after a warm-up, and the median is reported with the spread; evaluation (1x1 vie
 one pass. Compare with the training step's clips/s: the pipeline should deliver at least 3x that.
 
     python benchmarks/bench_input.py [--dataset NAME] [--data-dir DIR] [--batch-size 16] [--windows 7]
+
+`--cores N` pins the process to its first N cores before TensorFlow starts (tf.data sizes its
+thread pool by the cores it may use), so clips/s per core can be read off one machine. A folder of
+real videos becomes a dataset with `python -m v3d_flax.data from-folder` (docs/performance.md).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 
@@ -27,7 +32,14 @@ def main() -> None:
     p.add_argument("--windows", type=int, default=7, help="timed windows (the median is reported)")
     p.add_argument("--batches-per-window", type=int, default=20)
     p.add_argument("--warmup-batches", type=int, default=10)
+    p.add_argument("--cores", type=int, default=None, help="run on the first N cores only (default: all)")
+    p.add_argument("--skip-eval", action="store_true", help="time the training pipeline only")
     args = p.parse_args()
+    if args.cores is not None:
+        allowed = sorted(os.sched_getaffinity(0))
+        if not 1 <= args.cores <= len(allowed):
+            p.error(f"--cores must be in [1, {len(allowed)}], got {args.cores}")
+        os.sched_setaffinity(0, allowed[:args.cores])
 
     from v3d_flax import data
     from v3d_flax.registry import model_spec
@@ -52,9 +64,13 @@ def main() -> None:
         for _ in range(args.batches_per_window):
             next(batches)
         rates.append(args.batch_size * args.batches_per_window / (time.perf_counter() - t0))
-    print(f"train pipeline: batch {args.batch_size}, clip {args.num_frames}x{args.crop_size}x{args.crop_size}: "
+    cores = len(os.sched_getaffinity(0))
+    print(f"train pipeline on {cores} core{'s' * (cores > 1)}: batch {args.batch_size}, clip {args.num_frames}x{args.crop_size}x{args.crop_size}: "
           f"median {statistics.median(rates):.0f} clips/s (min {min(rates):.0f}, max {max(rates):.0f}, "
-          f"{args.windows} windows of {args.batches_per_window} batches); first batch after {first:.2f} s")
+          f"{args.windows} windows of {args.batches_per_window} batches), {statistics.median(rates) / cores:.0f} per "
+          f"core; first batch after {first:.2f} s")
+    if args.skip_eval:
+        return
 
     t0, n = time.perf_counter(), 0
     for batch in data.eval_batches(args.dataset, data_dir=args.data_dir, batch_size=args.batch_size, **clip):

@@ -45,13 +45,21 @@ def select_frames(video, indices, encoded: bool):
 
 
 def resize_short_side(frames, short_side):
-    """float32 frames in [0, 1] resized (bilinear, antialiased) so that min(H, W) == short_side."""
+    """float32 frames in [0, 1] resized (bilinear, antialiased) so that min(H, W) == short_side.
+
+    The antialiasing filter only differs from plain bilinear when shrinking, and costs 5-13x more
+    (docs/performance.md): enlarging uses the plain kernel (the same values to float rounding), and
+    frames already at the size are returned as they are."""
     shape = tf.shape(frames)
     h, w = tf.cast(shape[1], tf.float32), tf.cast(shape[2], tf.float32)
     scale = tf.cast(short_side, tf.float32) / tf.minimum(h, w)
     size = tf.stack([tf.maximum(tf.cast(tf.round(h * scale), tf.int32), short_side),
                      tf.maximum(tf.cast(tf.round(w * scale), tf.int32), short_side)])
-    return tf.image.resize(frames, size, method="bilinear", antialias=True)
+    same = tf.reduce_all(tf.equal(size, shape[1:3]))
+    shrink = tf.logical_or(size[0] < shape[1], size[1] < shape[2])
+    return tf.case([(same, lambda: frames),
+                    (shrink, lambda: tf.image.resize(frames, size, method="bilinear", antialias=True))],
+                   default=lambda: tf.image.resize(frames, size, method="bilinear", antialias=False))
 
 
 def to_unit_float(frames):
