@@ -94,3 +94,23 @@ def test_the_gpu_check_runs_without_tensorflow(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert re.search(r"(\d+)/\d+ tests collected", proc.stdout) and "error" not in proc.stdout.lower()
+
+
+def test_input_benchmark_pins_its_cores_and_reports_clips_per_core(tmp_path):
+    """bench_input --cores 1 runs the real pipeline on one core (its own process: the pinning is
+    process-wide) and says so."""
+    import os
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "benchmarks/bench_input.py", "--dataset", "v3d_synthetic_motion/tiny", "--data-dir",
+           str(tmp_path), "--batch-size", "4", "--num-frames", "4", "--crop-size", "16", "--windows", "1",
+           "--batches-per-window", "2", "--warmup-batches", "1", "--cores", "1", "--skip-eval"]
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "train pipeline on 1 core: batch 4, clip 4x16x16" in out.stdout and "per core" in out.stdout
+    assert "eval pipeline" not in out.stdout
+    bad = subprocess.run(cmd[:-3] + ["--cores", "0"], cwd=root, capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "--cores must be in [1," in bad.stderr
