@@ -72,28 +72,37 @@ def probe(path: str | os.PathLike) -> VideoInfo:
     return VideoInfo(count, fps, height, width)
 
 
-def decode_frames(path: str | os.PathLike, indices) -> np.ndarray:
-    """The frames at `indices` (0-based decode order, repeats allowed) as uint8 RGB, (len, H, W, 3)."""
+def iter_frames(path: str | os.PathLike):
+    """The decoded PyAV frames of the file's video stream, in decode order; the file is closed when
+    the iteration ends or stops early. VideoError (naming the file) when it cannot be decoded."""
     import av
 
+    path = os.fspath(path)
+    container = _open(path)
+    try:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        yield from container.decode(stream)
+    except av.FFmpegError as e:
+        raise VideoError(f"{path}: corrupt video, decoding failed ({e})") from e
+    finally:
+        container.close()
+
+
+def decode_frames(path: str | os.PathLike, indices) -> np.ndarray:
+    """The frames at `indices` (0-based decode order, repeats allowed) as uint8 RGB, (len, H, W, 3)."""
     path = os.fspath(path)
     indices = np.asarray(indices, dtype=np.int64)
     wanted = set(indices.tolist())
     last = max(wanted)
     found: dict[int, np.ndarray] = {}
-    container = _open(path)
-    try:
-        stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
-        for i, frame in enumerate(container.decode(stream)):
-            if i in wanted:
-                found[i] = frame.to_ndarray(format="rgb24")
-            if i >= last:
-                break
-    except av.FFmpegError as e:
-        raise VideoError(f"{path}: corrupt video, decoding failed ({e})") from e
-    finally:
-        container.close()
+    frames = iter_frames(path)
+    for i, frame in enumerate(frames):
+        if i in wanted:
+            found[i] = frame.to_ndarray(format="rgb24")
+        if i >= last:
+            break
+    frames.close()
     missing = wanted - set(found)
     if missing:
         raise VideoError(f"{path}: corrupt or truncated video: frame {min(missing)} could not be decoded "

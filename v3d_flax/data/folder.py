@@ -89,27 +89,14 @@ def plan_folder(source: str | os.PathLike) -> FolderPlan:
 
 def resized_frames(path: str, short_side: int | None) -> np.ndarray:
     """Every frame of `path` as uint8 RGB (T, H, W, 3), the short side resized to `short_side` (area
-    averaging; None keeps the size)."""
-    import av
-
-    container = videoio._open(path)
+    averaging, `v3d_flax.video.resized_size`'s rounding; None keeps the size)."""
     frames = []
-    try:
-        stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
-        for frame in container.decode(stream):
-            if short_side is None:
-                frames.append(frame.to_ndarray(format="rgb24"))
-                continue
-            h, w = frame.height, frame.width
-            scale = short_side / min(h, w)
-            size = (max(short_side, round(h * scale)), max(short_side, round(w * scale)))
-            frames.append(frame.reformat(width=size[1], height=size[0], format="rgb24",
-                                         interpolation="AREA").to_ndarray())
-    except av.FFmpegError as e:
-        raise videoio.VideoError(f"{path}: corrupt video, decoding failed ({e})") from e
-    finally:
-        container.close()
+    for frame in videoio.iter_frames(path):
+        if short_side is None:
+            frames.append(frame.to_ndarray(format="rgb24"))
+            continue
+        height, width = videoio.resized_size(frame.height, frame.width, short_side)
+        frames.append(frame.reformat(width=width, height=height, format="rgb24", interpolation="AREA").to_ndarray())
     if not frames:
         raise videoio.VideoError(f"{path}: the video stream holds no frames")
     return np.stack(frames)
