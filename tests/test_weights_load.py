@@ -192,8 +192,9 @@ def test_architecture_arguments_travel_with_the_weights_and_the_checkpoints(tmp_
     four_by_sixteen = dict(get_weights("slowfast_r50", "kinetics400_4x16").model_kwargs)
     assert architecture_of("slowfast_r50", "kinetics400_4x16") == four_by_sixteen == {"alpha": 8, "fusion_kernel": 5}
     assert architecture_of("slowfast_r50", "kinetics400") == {} and architecture_of("slowfast_r50", None) == {}
-    with pytest.raises(ValueError, match="take flow input.*train.py trains on RGB"):
+    with pytest.raises(ValueError, match="take flow input; this run's --modality is rgb"):
         architecture_of("i3d", "kinetics400_flow")
+    assert architecture_of("i3d", "kinetics400_flow", "flow") == {}  # --modality flow gives in_channels
     workdir = tmp_path / "run"
     workdir.mkdir()
     (workdir / "run.json").write_text('{"model": "slowfast_r50", "model_kwargs": {"alpha": 8, "fusion_kernel": 5}}')

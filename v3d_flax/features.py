@@ -3,7 +3,8 @@
     python -m v3d_flax.features --model NAME --weights PATH --out FILE.npz DIR_OR_FILES...
 
 Features are the model's pooled pre-classifier activations (`forward_features`; C3D: fc7 after ReLU,
-or fc6 with --layer fc6), averaged over the recipe's views. Directories are searched recursively for
+or fc6 with --layer fc6), averaged over the recipe's views; with --two-stream the RGB and the flow
+network's side by side. Directories are searched recursively for
 video files. The .npz holds `features` (N, F) float32, `files` (N,) the path of each row, `failed` and
 `errors` for the files that could not be used, plus `model` and `layer`. Exit status: 0 when every
 file worked, 1 when some failed (the others are still written), 2 for usage errors (inputs that do
@@ -20,8 +21,8 @@ import sys
 import numpy as np
 
 from v3d_flax.cli import Progress, check_source_argument
-from v3d_flax.predict import (add_model_arguments, collect_videos, file_error, load_predictor, predictor_views,
-                              recipe_from_args)
+from v3d_flax.predict import (add_model_arguments, check_two_stream_arguments, collect_videos, file_error,
+                              predictor_from_args, predictor_views, recipe_from_args)
 from v3d_flax.registry import list_models, model_spec
 
 
@@ -73,6 +74,7 @@ def main(argv=None) -> int:
     if not args.out.endswith(".npz"):
         parser.error("--out must name a .npz file")
     check_source_argument(parser, args)
+    check_two_stream_arguments(parser, args)
     if os.path.lexists(args.out) and not args.force:
         print(f"error: {args.out} already exists; pass --force to overwrite it", file=sys.stderr)
         return 1
@@ -88,8 +90,7 @@ def main(argv=None) -> int:
     layer = args.layer or (feature_layers[0] if feature_layers else "pooled")
     try:
         recipe = recipe_from_args(args)
-        predictor = load_predictor(args.model, args.weights, source=args.source, num_classes=args.num_classes,
-                                   recipe=recipe, batch_size=args.batch_size, feature_layer=args.layer)
+        predictor = predictor_from_args(args, recipe, feature_layer=args.layer)
     except (CheckpointError, PortError, ValueError, OSError, MissingExtraError, DownloadError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -1,6 +1,7 @@
 """Classify video files with a pretrained model: multi-view inference, top-k labels.
 
     python -m v3d_flax.predict --model NAME --weights PATH [--top-k 5] [--json] VIDEO_OR_DIR...
+    python -m v3d_flax.predict --model i3d --two-stream --weights RGB --flow-weights FLOW VIDEO_OR_DIR...
 
 Each video is decoded with PyAV and sampled as the model's record says (`v3d_flax.registry.model_spec(name)`:
 its recipe, frames x rate, resize, crop, and its normalisation); the softmax probabilities of all views (clips x crops)
@@ -8,6 +9,9 @@ are averaged. Directories are searched recursively for video files. Over several
 goes to stderr (a bar on a terminal, else a line per tenth). Exit status: 0 when every file was
 classified, 1 when some failed (their errors are printed, the others are still processed), 2 for
 usage errors (a misspelt model, an input that does not exist: checked before the model loads).
+Flow weights (`--weights kinetics400_flow`, or a checkpoint with 2 input channels) see TV-L1 flow
+computed from the clip's frames (`v3d_flax.flow`); `--two-stream` runs an RGB and a flow network on
+the same views and fuses them (`v3d_flax.two_stream.fuse`) before the views are averaged.
 """
 
 from __future__ import annotations
@@ -82,12 +86,21 @@ class Predictor:
         self.recipe = source.recipe if source is not None else None
         self.normalization = source.normalization if source is not None else None
         self.batch_size = batch_size
+        # what the network sees: RGB frames, or TV-L1 flow computed here from one frame more
+        self.modality = weights.modality if weights is not None else (
+            "flow" if getattr(model, "in_channels", 3) == 2 else "rgb")
         graphdef, state = nnx.split(model)
         layer_kw = {"layer": feature_layer} if feature_layer else {}
+        flow = self.modality == "flow"
+
+        def network_input(x):
+            from v3d_flax.two_stream import flow_input
+
+            return flow_input(x) if flow else x
 
         @jax.jit
         def logits(state, x):
-            return nnx.merge(graphdef, state)(x)
+            return nnx.merge(graphdef, state)(network_input(x))
 
         @jax.jit
         def features(state, x):
@@ -95,7 +108,7 @@ class Predictor:
             if not hasattr(model, "forward_features"):
                 raise NotImplementedError(f"{type(model).__name__} has no forward_features(x); "
                                           f"features cannot be extracted from it")
-            return model.forward_features(x, **layer_kw)
+            return model.forward_features(network_input(x), **layer_kw)
 
         self._state, self._logits, self._features = state, logits, features
 
@@ -139,10 +152,12 @@ def predictor_views(predictor: Predictor, path: str, recipe: Recipe | None = Non
     if predictor.spec is None:
         raise ValueError("the predictor's model has no registry name (model.arch), so its recipe and "
                          "normalisation are unknown; call v3d_flax.video.load_views with them")
-    if predictor.normalization is None:
-        raise ValueError(f"weights {predictor.weights.name!r} take {predictor.weights.modality} input, not RGB "
-                         f"video frames; compute their input and call predictor.logits / .features")
-    return load_views(path, recipe or predictor.recipe, predictor.normalization, clips=clips, crops=crops)
+    recipe = recipe or predictor.recipe
+    if predictor.modality != "rgb":  # flow from one frame more, on frames as decoded
+        from v3d_flax.two_stream import RAW
+
+        return load_views(path, recipe.with_overrides(frames=recipe.frames + 1), RAW, clips=clips, crops=crops)
+    return load_views(path, recipe, predictor.normalization, clips=clips, crops=crops)
 
 
 def predict_video(predictor: Predictor, path: str, recipe: Recipe | None = None, *,
@@ -188,6 +203,36 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resize", type=int, default=None, help="override the recipe's resize: short side in pixels")
     p.add_argument("--crop", type=int, default=None, help="override the recipe's crop size")
     p.add_argument("--batch-size", type=int, default=8, help="views per forward pass (default: 8)")
+    p.add_argument("--two-stream", action="store_true",
+                   help="add a flow stream: --weights is the RGB network, --flow-weights the flow one, which sees "
+                        "TV-L1 flow computed from the video (v3d_flax.flow)")
+    p.add_argument("--flow-weights", default=None, metavar="NAME_OR_PATH",
+                   help="the flow stream's weights, e.g. kinetics400_flow, or a checkpoint with 2 input channels "
+                        "(same --source as --weights)")
+    p.add_argument("--fusion", choices=("logits", "softmax"), default="logits",
+                   help="two-stream fusion: sum the logits (DeepMind's I3D) or average the softmax (default: logits)")
+
+
+def check_two_stream_arguments(parser: argparse.ArgumentParser, args) -> None:
+    """A usage error unless --two-stream and --flow-weights come together."""
+    if args.two_stream != (args.flow_weights is not None):
+        parser.error("--two-stream and --flow-weights go together: --two-stream --weights RGB --flow-weights FLOW")
+
+
+def predictor_from_args(args, recipe: Recipe, feature_layer: str | None = None):
+    """The Predictor of --model/--weights, or with --two-stream the TwoStreamPredictor of it and --flow-weights."""
+    from v3d_flax.weights import named_weights
+
+    predictor = load_predictor(args.model, args.weights, source=args.source, num_classes=args.num_classes,
+                               recipe=recipe, batch_size=args.batch_size, feature_layer=feature_layer)
+    if not args.two_stream:
+        return predictor
+    flow = load_predictor(args.model, args.flow_weights, source=args.source, num_classes=args.num_classes,
+                          recipe=recipe, batch_size=args.batch_size, feature_layer=feature_layer,
+                          **({} if named_weights(args.model, args.flow_weights) else {"in_channels": 2}))
+    from v3d_flax.two_stream import TwoStreamPredictor
+
+    return TwoStreamPredictor(predictor, flow, args.fusion)
 
 
 def recipe_from_args(args) -> Recipe:
@@ -201,7 +246,8 @@ def recipe_from_args(args) -> Recipe:
 
 
 def load_predictor(model_name: str, weights: str | os.PathLike, *, source: str = "v3d", num_classes: int | None = None,
-                   recipe: Recipe | None = None, batch_size: int = 8, feature_layer: str | None = None) -> Predictor:
+                   recipe: Recipe | None = None, batch_size: int = 8, feature_layer: str | None = None,
+                   **model_kwargs) -> Predictor:
     """Build `model_name`, load `weights` into it and wrap it in a Predictor (eval mode, jitted).
 
     `weights`: a checkpoint of `source` (`v3d_flax.port.list_sources()`: PyTorch files in v3d's or a
@@ -215,6 +261,7 @@ def load_predictor(model_name: str, weights: str | os.PathLike, *, source: str =
     `v3d_flax.weights.Weights` record: downloaded, verified and cached (`v3d_flax.hub`), and their
     recipe, normalisation and class names are the predictor's. Errors:
     `v3d_flax.checkpoints.CheckpointError`, `v3d_flax.port.PortError`, `v3d_flax.hub.DownloadError`.
+    `model_kwargs` go to the factory of a checkpoint file's model (in_channels=2 for flow).
     """
     from v3d_flax.weights import named_weights
 
@@ -226,7 +273,7 @@ def load_predictor(model_name: str, weights: str | os.PathLike, *, source: str =
         return Predictor(model, batch_size=batch_size, feature_layer=feature_layer, weights=record)
     from v3d_flax.checkpoints import load_model
 
-    model = load_model(model_name, weights, source=source, num_classes=num_classes, recipe=recipe)
+    model = load_model(model_name, weights, source=source, num_classes=num_classes, recipe=recipe, **model_kwargs)
     return Predictor(model, batch_size=batch_size, feature_layer=feature_layer)
 
 
@@ -262,6 +309,7 @@ def main(argv=None) -> int:
     if args.top_k < 1 or args.batch_size < 1 or (args.clips is not None and args.clips < 1):
         parser.error("--top-k, --batch-size and --clips must be >= 1")
     check_source_argument(parser, args)
+    check_two_stream_arguments(parser, args)
     files = collect_videos(parser, args.videos)
     if not files:
         print("error: no video files found in " + ", ".join(args.videos), file=sys.stderr)
@@ -273,8 +321,7 @@ def main(argv=None) -> int:
 
     try:
         recipe = recipe_from_args(args)
-        predictor = load_predictor(args.model, args.weights, source=args.source, num_classes=args.num_classes,
-                                   recipe=recipe, batch_size=args.batch_size)
+        predictor = predictor_from_args(args, recipe)
         model = predictor.model
         num_classes = head_size(model)
         classes = args.classes
@@ -304,7 +351,8 @@ def main(argv=None) -> int:
             progress.update()
     if args.json:
         views = (args.clips or recipe.clips) * (args.crops or recipe.crops)
-        json.dump({"model": args.model, "weights": os.fspath(args.weights), "views": views,
+        streams = {"flow_weights": os.fspath(args.flow_weights), "fusion": args.fusion} if args.two_stream else {}
+        json.dump({"model": args.model, "weights": os.fspath(args.weights), **streams, "views": views,
                    "results": results, "errors": errors}, sys.stdout, indent=1)
         print()
     return 1 if errors else 0

@@ -105,6 +105,14 @@ class TrainConfig:
                                         "this trainer (a workdir, its checkpoints/ or best/ directory, or one step "
                                         "directory); the classifier the model's record names starts fresh when its "
                                         "size differs, any other mis-shaped tensor is an error")
+    modality: str = option("rgb", group=_MODEL, choices=("rgb", "flow", "two-stream"),
+                           help="'rgb': the model sees the frames; 'flow': TV-L1 optical flow (v3d_flax.flow) "
+                                "computed from --num-frames + 1 frames on the device, I3D's scaling, a model with 2 "
+                                "input channels; 'two-stream': an RGB and a flow network trained side by side, each "
+                                "on its own loss, evaluated fused (--fusion) and stream by stream (default: {default})")
+    fusion: str = option("logits", group=_MODEL, choices=("logits", "softmax"),
+                         help="two-stream fusion: sum the logits (DeepMind's I3D) or average the softmax "
+                              "(default: {default})")
     init_source: str = option("v3d", group=_MODEL, choices=tuple(list_sources()),
                               help="checkpoint source (key layout) of an --init-from file (default: {default})")
 
@@ -227,7 +235,7 @@ def default_workdir(model: str, dataset: str) -> str:
 # Settings a resumed run must share with the run that wrote the checkpoints: they fix the state's
 # structure, the clip and batch shapes, or the input order. The others (steps, lr, logging,
 # evaluation, ...) may change between runs of one workdir.
-RESUME_FIXED = ("dataset", "num_frames", "crop_size", "batch_size", "grad_accum", "optimizer", "seed")
+RESUME_FIXED = ("dataset", "modality", "num_frames", "crop_size", "batch_size", "grad_accum", "optimizer", "seed")
 
 
 def resume_conflicts(saved: dict, config: "TrainConfig") -> list[str]:
@@ -278,6 +286,12 @@ def resolve(config: TrainConfig) -> TrainConfig:
         (config.checkpoint_minutes >= 0, f"--checkpoint-minutes must be >= 0, got {config.checkpoint_minutes}"),
         (config.eval_views[1] in EVAL_CROPS and config.eval_views[0] >= 1,
          f"--eval-views must be CLIPSx1 or CLIPSx3, got {config.eval_views[0]}x{config.eval_views[1]}"),
+        (not config.compile_only or config.modality == "rgb",
+         "--compile-only projects RGB training only: its roofline cannot count TV-L1's data-dependent "
+         "iterations"),
+        (config.init_from is None or config.modality != "two-stream",
+         "--init-from with --modality two-stream is not supported: train or load each stream on its own "
+         "(--modality rgb / flow), then fuse them with python -m v3d_flax.predict --two-stream"),
         (config.conv_impl in CONV_IMPLS,
          f"--conv-impl must be one of {', '.join(CONV_IMPLS)}, got {config.conv_impl!r}"),
     ]

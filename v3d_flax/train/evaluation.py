@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from v3d_flax import two_stream
 from v3d_flax.data.metrics import VideoMetrics
 from v3d_flax.train.mesh import batch_sharding, replicated, to_global
 from v3d_flax.train.steps import make_eval_step
@@ -23,19 +24,23 @@ class Evaluator:
     """Runs the eval split through the jitted eval step; returns one metrics.jsonl record.
 
     `normalization` is the model's input normalisation (its record's), `info` the dataset's
-    `DatasetInfo`; the batch is sharded over `mesh` and the state is the replicated one.
+    `DatasetInfo`; the batch is sharded over `mesh` and the state is the replicated one. `input_fn`
+    makes the model's input from the clips (flow, two streams: `v3d_flax.two_stream`); a two-stream
+    model's record scores the fused logits and adds each stream's (`rgb_top1`, `flow_video_top1`, ...).
     """
 
-    def __init__(self, defs, config, mesh, info, normalization):
+    def __init__(self, defs, config, mesh, info, normalization, input_fn=None):
         self.config, self.mesh, self.info, self.normalization = config, mesh, info, normalization
-        step = make_eval_step(defs, precision=config.precision)
+        step = make_eval_step(defs, precision=config.precision, input_fn=input_fn)
         rep, data = replicated(mesh), batch_sharding(mesh)
 
         def eval_batch(state, batch):
-            logits = step(state, batch)
+            outputs = step(state, batch)
+            logits = outputs["fused"] if isinstance(outputs, dict) else outputs
+            streams = {k: v for k, v in outputs.items() if k != "fused"} if isinstance(outputs, dict) else {}
             labels = batch["label"].astype(jnp.int32)
             loss = -jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], axis=1)[:, 0]
-            return logits, loss, batch["label"], batch["video_index"], batch["mask"]
+            return logits, loss, batch["label"], batch["video_index"], batch["mask"], streams
 
         self._step = jax.jit(eval_batch, in_shardings=(rep, data), out_shardings=rep)
 
@@ -55,11 +60,13 @@ class Evaluator:
         c = self.config
         clips, crops = c.eval_views
         batches = data.eval_batches(c.dataset, data_dir=c.data_dir, batch_size=c.eval_batch_size,
-                                    num_frames=c.num_frames, crop_size=c.crop_size, normalization=self.normalization,
+                                    num_frames=two_stream.clip_frames(c.modality, c.num_frames),
+                                    crop_size=c.crop_size,
+                                    normalization=two_stream.pipeline_normalization(c.modality, self.normalization),
                                     clips=clips, crops=crops, process_index=jax.process_index(),
                                     process_count=jax.process_count())
         show = c.progress and jax.process_index() == 0
-        scores, loss_sum = VideoMetrics(), 0.0
+        scores, stream_scores, loss_sum = VideoMetrics(), {}, 0.0
         t0, n = time.perf_counter(), 0
         if jax.process_count() > 1:
             should_stop = None
@@ -67,16 +74,21 @@ class Evaluator:
             if should_stop is not None and should_stop():
                 return None
             batch = to_global({k: local[k] for k in ("video", "label", "video_index", "mask")}, self.mesh)
-            logits, loss, label, video, mask = (_local_copy(a) for a in self._step(state, batch))
+            logits, loss, label, video, mask, streams = jax.tree.map(_local_copy, self._step(state, batch))
             keep = mask.astype(bool)
             scores.update(logits, label, video, keep)
+            for name, stream_logits in streams.items():
+                stream_scores.setdefault(name, VideoMetrics()).update(stream_logits, label, video, keep)
             loss_sum += float(loss[keep].astype(np.float64).sum())
             n += int(keep.sum())
         if not n:
             raise ValueError(f"the evaluation split of {c.dataset!r} yielded no batches")
         m = scores.result()
         seconds = time.perf_counter() - t0
-        return {"step": step, "split": "eval", "loss": loss_sum / n, "top1": m["clip_top1"], "top5": m["clip_top5"],
+        per_stream = {f"{name}_{key}": value for name, s in stream_scores.items() for key, value in s.result().items()
+                      if key in ("clip_top1", "video_top1")}
+        per_stream = {k.replace("_clip_top1", "_top1"): v for k, v in per_stream.items()}
+        return {**per_stream, "step": step, "split": "eval", "loss": loss_sum / n, "top1": m["clip_top1"], "top5": m["clip_top5"],
                 "lr": None, "clips_per_sec": n / seconds if seconds > 0 else 0.0, "views": f"{clips}x{crops}",
                 "video_top1": m["video_top1"], "video_top5": m["video_top5"], "num_clips": m["num_clips"],
                 "num_videos": m["num_videos"]}

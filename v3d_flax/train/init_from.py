@@ -28,21 +28,21 @@ def classifier_prefix(classifier: str) -> str:
     return classifier.replace(".", "/") + "/"
 
 
-def architecture_of(model: str, init_from: str | None) -> dict:
+def architecture_of(model: str, init_from: str | None, modality: str = "rgb") -> dict:
     """The factory arguments the model must be built with to take --init-from `init_from`: those of
     its pretrained-weights record (SlowFast 4x16: alpha 8 and 5x1x1 lateral convs), or those recorded
     in the run.json of a training workdir; {} otherwise. ValueError for weights of another input
-    modality (flow), which train.py's RGB input pipeline cannot feed."""
+    modality than the run's (flow weights need --modality flow, RGB weights --modality rgb)."""
     if init_from is None:
         return {}
     from v3d_flax.weights import named_weights
 
     record = named_weights(model, init_from)
     if record is not None:
-        if record.modality != "rgb":
-            raise ValueError(f"--init-from {init_from}: these {model} weights take {record.modality} input "
-                             f"({dict(record.model_kwargs)}); train.py trains on RGB frames")
-        return dict(record.model_kwargs)
+        if record.modality != modality:
+            raise ValueError(f"--init-from {init_from}: these {model} weights take {record.modality} input; "
+                             f"this run's --modality is {modality} (pass --modality {record.modality})")
+        return {k: v for k, v in record.model_kwargs.items() if k != "in_channels"}  # the modality sets it
     if os.path.isdir(init_from):
         from v3d_flax.checkpoints import training_run_record
 

@@ -19,12 +19,13 @@ import jax
 import numpy as np
 import optax
 
+from v3d_flax import two_stream
 from v3d_flax.preprocessing import Normalization
 from v3d_flax.registry import model_spec
 from v3d_flax.train import checkpointing, evaluation, init_from
 from v3d_flax.train.config import TrainConfig, resolve
 from v3d_flax.train.mesh import check_batch_divides, init_distributed, replicated, select_devices, to_global
-from v3d_flax.train.metrics import MetricsLogger, format_summary, read_metrics
+from v3d_flax.train.metrics import MetricsLogger, format_summary, read_metrics, stream_figures
 from v3d_flax.train.parallel import DataParallel, data_parallel
 from v3d_flax.train.plotting import plot_curves
 from v3d_flax.train.signals import StopRequests
@@ -53,6 +54,7 @@ class Trainer:
     ckpt: checkpointing.Checkpointer
     logger: MetricsLogger
     evaluator: evaluation.Evaluator
+    input_fn: Any = None  # the model's input from a batch's clips (v3d_flax.two_stream.input_function)
 
 
 def run(config: TrainConfig) -> dict:
@@ -68,7 +70,7 @@ def run(config: TrainConfig) -> dict:
 def run_resolved(config: TrainConfig) -> dict:
     """`run` for a config that `resolve` already returned (the command line resolves it to check the
     flags before any device work)."""
-    architecture = init_from.architecture_of(config.model, config.init_from)  # before any work
+    architecture = init_from.architecture_of(config.model, config.init_from, config.modality)  # before any work
     init_distributed(config.coordinator_address, config.num_processes, config.process_id)
     parallel = data_parallel(config.parallel, select_devices(config.accelerator))
     checkpointing.check_workdir(config.workdir, config.model)  # before anything is written
@@ -90,7 +92,9 @@ def run_resolved(config: TrainConfig) -> dict:
     model = build_model(config.model, num_classes=info.num_classes, num_frames=config.num_frames,
                         crop_size=config.crop_size, seed=config.seed, remat=config.remat,
                         bn_axis_name=parallel.axis_name, dropout=config.dropout, conv_impl=config.conv_impl,
-                        **architecture)
+                        modality=config.modality, fusion=config.fusion, **architecture)
+    if config.modality == "flow":
+        architecture = {**architecture, "in_channels": 2}  # recorded, so predict and convert rebuild it
     fresh: list[str] = []  # the classifier's tensors that --init-from leaves freshly initialised
     from_orbax = config.init_from is not None and os.path.isdir(config.init_from)  # else a checkpoint file
     if config.init_from is not None and not from_orbax:
@@ -126,15 +130,17 @@ def run_resolved(config: TrainConfig) -> dict:
                  f"{len(mesh.devices.flat)} device(s) x {jax.process_count()} process(es), "
                  f"clip {config.num_frames}x{config.crop_size}x{config.crop_size}, global batch {config.batch_size}")
 
-    evaluator = evaluation.Evaluator(defs, config, mesh, info, spec.normalization)
-    trainer = Trainer(config, spec.normalization, defs, tx, schedule, parallel, info, ckpt, logger, evaluator)
+    input_fn = two_stream.input_function(config.modality, spec.normalization)
+    evaluator = evaluation.Evaluator(defs, config, mesh, info, spec.normalization, input_fn)
+    trainer = Trainer(config, spec.normalization, defs, tx, schedule, parallel, info, ckpt, logger, evaluator,
+                      input_fn)
     t_start = time.time()
     try:
         if config.eval_only:
             result = evaluator(state, step=start_step)
             logger.log(result)
             logger.print(f"eval top1 {result['top1']:.4f} top5 {result['top5']:.4f} "
-                         f"video top1 {result['video_top1']:.4f} ({result['views']} views)")
+                         f"video top1 {result['video_top1']:.4f} ({result['views']} views{stream_figures(result)})")
             return result
         result = _train(trainer, state, start_step, window, data_init=data_init)
     finally:
@@ -195,21 +201,22 @@ def _train(trainer: Trainer, state: dict, start_step: int, window: list, *, data
     mesh = parallel.mesh
     micro_batch = config.batch_size // config.grad_accum
     batches = data.train_batches(
-        config.dataset, data_dir=config.data_dir, global_batch_size=micro_batch, num_frames=config.num_frames,
-        crop_size=config.crop_size, normalization=trainer.normalization, seed=config.seed,
+        config.dataset, data_dir=config.data_dir, global_batch_size=micro_batch,
+        num_frames=two_stream.clip_frames(config.modality, config.num_frames), crop_size=config.crop_size,
+        normalization=two_stream.pipeline_normalization(config.modality, trainer.normalization), seed=config.seed,
         start_step=start_step * config.grad_accum, stop_step=max(start_step, config.steps) * config.grad_accum,
         process_index=jax.process_index(),
         process_count=jax.process_count())
     if data_init:
         first = next(batches)
         batches = itertools.chain([first], batches)
-        init = jax.jit(make_data_init(trainer.defs), out_shardings=replicated(mesh))
+        init = jax.jit(make_data_init(trainer.defs, trainer.input_fn), out_shardings=replicated(mesh))
         state = {**state, "params": init(state["params"], state["rest"], to_global(first, mesh)["video"])}
         logger.print("data-dependent init: every layer rescaled to unit-variance outputs on the first batch")
     train_step = parallel.compile(make_train_step(
         trainer.defs, trainer.tx, trainer.schedule, num_classes=trainer.info.num_classes,
         label_smoothing=config.label_smoothing, precision=config.precision, grad_accum=config.grad_accum,
-        axis_name=parallel.axis_name))
+        axis_name=parallel.axis_name, input_fn=trainer.input_fn))
     state = parallel.put_state(state)
 
     stop = StopRequests()
@@ -252,7 +259,8 @@ def _train(trainer: Trainer, state: dict, start_step: int, window: list, *, data
         ckpt.save_best(step, replicated_state, {"model": config.model, "step": step}, result["top1"])
         if not logger.progress:
             logger.print(f"eval step {step}: loss {result['loss']:.4f} top1 {result['top1']:.3f} "
-                         f"top5 {result['top5']:.3f} video top1 {result['video_top1']:.3f} ({result['views']} views)")
+                         f"top5 {result['top5']:.3f} video top1 {result['video_top1']:.3f} "
+                         f"({result['views']} views{stream_figures(result)})")
         return result
 
     def time_to_save(logged: bool) -> bool:

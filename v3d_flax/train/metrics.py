@@ -117,6 +117,12 @@ def read_metrics(path: str) -> list[dict]:
     return [{k: float(v) if isinstance(v, str) and v in _NON_FINITE else v for k, v in r.items()} for r in records]
 
 
+def stream_figures(record: dict) -> str:
+    """", fused; rgb top1 A, flow top1 B" for a two-stream eval record, "" for a single network's."""
+    parts = [f"{s} top1 {record[f'{s}_top1']:.3f}" for s in ("rgb", "flow") if f"{s}_top1" in record]
+    return f", fused; {', '.join(parts)}" if parts else ""
+
+
 def format_summary(records: list[dict], *, model: str, workdir: str, seconds: float, timed: bool = True) -> str:
     """A few lines: last train loss/accuracy, last eval top-1/top-5, throughput, where outputs are
     (`timed=False`: without this invocation's wall time, e.g. for a run found already complete)."""
@@ -131,6 +137,6 @@ def format_summary(records: list[dict], *, model: str, workdir: str, seconds: fl
     if evals:
         e = evals[-1]
         lines.append(f"eval   loss {e['loss']:.4f}  top1 {e['top1']:.3f}  top5 {e['top5']:.3f}  "
-                     f"video top1 {e['video_top1']:.3f} ({e['views']} views)")
+                     f"video top1 {e['video_top1']:.3f} ({e['views']} views{stream_figures(e)})")
     lines.append(f"outputs in {workdir}: metrics.jsonl, curves.png, tensorboard/, checkpoints/, best/")
     return "\n".join(lines)

@@ -24,13 +24,27 @@ from v3d_flax.train.remat import apply_remat
 
 def build_model(name: str, *, num_classes: int, num_frames: int, crop_size: int, seed: int,
                 remat: bool = False, bn_axis_name: str | None = None, dropout: float | None = None,
-                conv_impl: str = "auto", **architecture) -> nnx.Module:
+                conv_impl: str = "auto", modality: str = "rgb", fusion: str = "logits",
+                **architecture) -> nnx.Module:
     """`create_model(name, **architecture)`, passing the clip size where its record says the model follows
     it (C3D); optional per-block rematerialisation (`v3d_flax.train.remat`), cross-replica BatchNorm over
     `bn_axis_name` (the pmap path's axis), a dropout rate for every dropout layer (None keeps the
-    model's own) and the formulation of every 3D convolution (`v3d_flax.layers.set_conv_impl`)."""
-    model = create_model(name, num_classes=num_classes, rngs=nnx.Rngs(seed),
-                         **model_spec(name).size_kwargs(num_frames, crop_size), **architecture)
+    model's own) and the formulation of every 3D convolution (`v3d_flax.layers.set_conv_impl`).
+    `modality` "flow" builds it with 2 input channels; "two-stream" builds an RGB and a flow network
+    (seeds `seed` and `seed + 1`) in a `v3d_flax.two_stream.TwoStream` fused by `fusion`."""
+    from v3d_flax import two_stream
+
+    two_stream.check_modality(modality)
+
+    def network(channels: int, network_seed: int) -> nnx.Module:
+        kwargs = {**architecture, **({"in_channels": channels} if channels != 3 else {})}
+        return create_model(name, num_classes=num_classes, rngs=nnx.Rngs(network_seed),
+                            **model_spec(name).size_kwargs(num_frames, crop_size), **kwargs)
+
+    if modality == "two-stream":
+        model = two_stream.TwoStream(network(3, seed), network(2, seed + 1), fusion)
+    else:
+        model = network(two_stream.in_channels(modality), seed)
     set_conv_impl(model, conv_impl)
     for _, module in nnx.iter_modules(model):
         if bn_axis_name is not None and isinstance(module, BatchNorm):
@@ -99,13 +113,14 @@ def init_state(model_state: dict, tx: optax.GradientTransformation) -> dict:
             "opt_state": tx.init(model_state["params"])}
 
 
-def make_data_init(defs: ModelDefs):
+def make_data_init(defs: ModelDefs, input_fn=None):
     """A pure `(params, rest, video) -> params` running the model's `data_dependent_init` on `video`
-    (models without normalisation layers define it; see `v3d_flax.models.c3d`)."""
+    (models without normalisation layers define it; see `v3d_flax.models.c3d`), or on `input_fn(video)`
+    (the flow a flow model sees)."""
 
     def data_init(params, rest, video):
         model = nnx.merge(defs.eval, params, rest)
-        model.data_dependent_init(video)
+        model.data_dependent_init(video if input_fn is None else input_fn(video))
         return nnx.as_pure(nnx.state(model, nnx.Param))
 
     return data_init

@@ -47,21 +47,39 @@ def topk_correct(logits: jax.Array, labels: jax.Array, k: int) -> jax.Array:
     return (rank < k).astype(jnp.float32)
 
 
+def model_inputs(batch: dict, dtype, input_fn: Callable | None = None):
+    """The model's input from a batch: `input_fn(batch["video"])` (flow computed on the device, see
+    `v3d_flax.two_stream.input_function`) or the clip itself, cast to the compute dtype."""
+    x = batch["video"] if input_fn is None else input_fn(batch["video"])
+    return jax.tree.map(lambda a: a.astype(dtype), x)
+
+
+def scores_and_loss(outputs, targets):
+    """(logits to score, loss) of a model's output: a single network's logits, or a two-stream
+    model's {"rgb", "flow", "fused"}, trained on the sum of the streams' own losses and scored fused."""
+    if isinstance(outputs, dict):
+        loss = sum(optax.softmax_cross_entropy(outputs[k].astype(jnp.float32), targets).mean()
+                   for k in outputs if k != "fused")
+        return outputs["fused"].astype(jnp.float32), loss
+    logits = outputs.astype(jnp.float32)
+    return logits, optax.softmax_cross_entropy(logits, targets).mean()
+
+
 def make_train_step(defs, tx: optax.GradientTransformation, schedule: optax.Schedule, *, num_classes: int,
                     label_smoothing: float, precision: str, grad_accum: int = 1,
-                    axis_name: str | None = None) -> Callable:
-    """The un-compiled pure training step (see the module docstring)."""
+                    axis_name: str | None = None, input_fn: Callable | None = None) -> Callable:
+    """The un-compiled pure training step (see the module docstring); `input_fn` makes the model's
+    input from the batch's clips (`model_inputs`)."""
     dtype = COMPUTE_DTYPES[precision]
 
     def train_step(state: dict, batch: dict):
-        x = batch["video"].astype(dtype)
+        x = model_inputs(batch, dtype, input_fn)
         labels = batch["label"]
         targets = optax.smooth_labels(jax.nn.one_hot(labels, num_classes), label_smoothing)
 
         def loss_fn(params):
             model = nnx.merge(defs.train, params, state["rest"])
-            logits = model(x).astype(jnp.float32)
-            loss = optax.softmax_cross_entropy(logits, targets).mean()
+            logits, loss = scores_and_loss(model(x), targets)
             return loss, (logits, nnx.as_pure(nnx.state(model, nnx.Not(nnx.Param))))
 
         (loss, (logits, rest)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
@@ -88,12 +106,13 @@ def _optimizer_count(opt_state, grad_accum: int) -> jax.Array:
     return counts[0] if counts else jnp.zeros((), jnp.int32)
 
 
-def make_eval_step(defs, *, precision: str) -> Callable:
-    """The un-compiled pure evaluation step: float32 logits of a batch in eval mode."""
+def make_eval_step(defs, *, precision: str, input_fn: Callable | None = None) -> Callable:
+    """The un-compiled pure evaluation step: float32 logits of a batch in eval mode (a two-stream
+    model's: {"rgb", "flow", "fused"})."""
     dtype = COMPUTE_DTYPES[precision]
 
-    def eval_step(state: dict, batch: dict) -> jax.Array:
+    def eval_step(state: dict, batch: dict):
         model = nnx.merge(defs.eval, state["params"], state["rest"])
-        return model(batch["video"].astype(dtype)).astype(jnp.float32)
+        return jax.tree.map(lambda a: a.astype(jnp.float32), model(model_inputs(batch, dtype, input_fn)))
 
     return with_matmul_precision(eval_step, precision)

@@ -1,0 +1,112 @@
+"""Flow as a modality and two-stream fusion: train.py --modality flow / two-stream, predict --two-stream."""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from trainrun import TINY, metrics, train
+from v3d_flax import create_model, flow, predict, two_stream
+from v3d_flax.registry import model_spec
+from v3d_flax.train.steps import scores_and_loss
+from v3d_flax.video import load_views
+from videos import encode
+
+SMALL_RECIPE = ["--frames", "4", "--rate", "2", "--resize", "32", "--crop", "32", "--clips", "2"]
+
+
+def moving_bar(n: int = 24, size: int = 40) -> np.ndarray:
+    """Frames of a textured background with a bright bar moving right by 2 pixels a frame."""
+    rng = np.random.default_rng(0)
+    background = rng.integers(40, 120, (size, size + 2 * n, 3), dtype=np.uint8)
+    frames = np.stack([background[:, 2 * n - 2 * t: 2 * n - 2 * t + size] for t in range(n)])
+    for t in range(n):
+        frames[t, :, 4 + t: 10 + t] = 230
+    return frames
+
+
+def test_fusion_rules_and_the_two_stream_loss():
+    a, b = jnp.asarray([[2.0, 0.0, -1.0]]), jnp.asarray([[0.0, 1.0, 0.5]])
+    np.testing.assert_allclose(two_stream.fuse(a, b, "logits"), a + b)
+    np.testing.assert_allclose(jax.nn.softmax(two_stream.fuse(a, b, "softmax")),
+                               (jax.nn.softmax(a) + jax.nn.softmax(b)) / 2, rtol=1e-6)
+    with pytest.raises(ValueError, match="fusion must be one of logits, softmax"):
+        two_stream.fuse(a, b, "max")
+    targets = jax.nn.one_hot(jnp.asarray([1]), 3)
+    scores, loss = scores_and_loss({"rgb": a, "flow": b, "fused": a + b}, targets)
+    np.testing.assert_allclose(scores, a + b)  # scored fused, each stream trained on its own loss
+    expected = optax.softmax_cross_entropy(a, targets).mean() + optax.softmax_cross_entropy(b, targets).mean()
+    np.testing.assert_allclose(loss, expected, rtol=1e-6)
+    assert two_stream.clip_frames("flow", 16) == two_stream.clip_frames("two-stream", 16) == 17
+    with pytest.raises(ValueError, match="modality must be one of rgb, flow, two-stream"):
+        two_stream.clip_frames("depth", 16)
+
+
+def test_predict_two_stream_is_the_streams_fused(tmp_path, capsys):
+    from v3d_flax.checkpoints import save_checkpoint
+
+    video = encode(tmp_path / "bar.mp4", "mpeg4", moving_bar())
+    rgb_model = create_model("r3d_18", num_classes=5, rngs=nnx.Rngs(0))
+    flow_model = create_model("r3d_18", num_classes=5, rngs=nnx.Rngs(1), in_channels=2)
+    save_checkpoint(rgb_model, str(tmp_path / "rgb.safetensors"))
+    save_checkpoint(flow_model, str(tmp_path / "flow.safetensors"))
+    rc = predict.main(["--model", "r3d_18", "--weights", str(tmp_path / "rgb.safetensors"), "--two-stream",
+                       "--flow-weights", str(tmp_path / "flow.safetensors"), *SMALL_RECIPE, "--json", "--no-progress",
+                       video])
+    assert rc == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["fusion"] == "logits" and report["views"] == 2
+    # by hand: 5 frames per view as decoded, the RGB network on the first 4 normalised, the flow one on TV-L1
+    recipe = model_spec("r3d_18").recipe.with_overrides(frames=5, rate=2, resize=32, crop=32)
+    views = load_views(video, recipe, two_stream.RAW, clips=2, crops=1)
+    norm = model_spec("r3d_18").normalization
+    rgb_model.eval(), flow_model.eval()
+    with jax.default_matmul_precision("float32"):
+        rgb = rgb_model(jnp.asarray((views[:, :-1] - np.asarray(norm.mean)) / np.asarray(norm.std), jnp.float32))
+        flows = flow.i3d_flow_input(flow.optical_flow(jnp.asarray(views)))
+        probs = np.asarray(jax.nn.softmax(rgb + flow_model(flows))).mean(axis=0)
+    top = report["results"][0]["top_k"]
+    assert [e["index"] for e in top] == np.argsort(-probs, kind="stable").tolist()
+    np.testing.assert_allclose([e["probability"] for e in top], np.sort(probs)[::-1], rtol=1e-4)
+
+
+def test_flow_stream_learns_motion_and_predicts_from_its_workdir(tmp_path, capsys):
+    workdir = tmp_path / "flow"
+    run = train([*TINY, "--modality", "flow", "--steps", "80", "--log-every", "20", "--workdir", str(workdir)])
+    assert run.returncode == 0, run.stderr[-2000:]
+    final = [r for r in metrics(workdir) if r["split"] == "eval"][-1]
+    assert final["top1"] >= 0.75, final  # chance is 1/8: single frames carry no class information
+    assert json.loads((workdir / "run.json").read_text())["model_kwargs"] == {"in_channels": 2}
+    video = encode(tmp_path / "bar.mp4", "mpeg4", moving_bar())
+    rc = predict.main(["--model", "r3d_18", "--weights", str(workdir), "--frames", "4", "--resize", "18",
+                       "--crop", "16", "--json", "--no-progress", video])
+    assert rc == 0
+    assert json.loads(capsys.readouterr().out)["results"][0]["top_k"][0]["label"].startswith("right")
+
+
+def test_two_stream_trains_both_streams_and_reports_each(tmp_path):
+    workdir = tmp_path / "both"
+    run = train([*TINY, "--modality", "two-stream", "--fusion", "softmax", "--steps", "2", "--workdir", str(workdir)])
+    assert run.returncode == 0, run.stderr[-2000:]
+    final = [r for r in metrics(workdir) if r["split"] == "eval"][-1]
+    assert {"top1", "video_top1", "rgb_top1", "flow_top1", "rgb_video_top1", "flow_video_top1"} <= set(final)
+    assert "fused; rgb top1" in run.stdout
+    again = train([*TINY, "--modality", "rgb", "--steps", "3", "--workdir", str(workdir)])
+    assert again.returncode != 0 and "--modality two-stream (now rgb)" in again.stderr
+
+
+def test_modality_flags_are_checked_before_any_work(tmp_path):
+    from v3d_flax.train.config import TrainConfig, resolve
+
+    with pytest.raises(ValueError, match="--init-from with --modality two-stream is not supported"):
+        resolve(TrainConfig(model="r3d_18", modality="two-stream", init_from="kinetics400"))
+    with pytest.raises(ValueError, match="--compile-only projects RGB training only"):
+        resolve(TrainConfig(model="r3d_18", modality="flow", compile_only=True, tpu_topology="v5e:2x2"))
+    run = train([*TINY, "--modality", "depth", "--workdir", str(tmp_path / "x")])
+    assert run.returncode == 2 and "--modality" in run.stderr
