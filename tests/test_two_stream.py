@@ -90,13 +90,18 @@ def test_flow_stream_learns_motion_and_predicts_from_its_workdir(tmp_path, capsy
     assert json.loads(capsys.readouterr().out)["results"][0]["top_k"][0]["label"].startswith("right")
 
 
-def test_two_stream_trains_both_streams_and_reports_each(tmp_path):
+def test_two_stream_trains_both_streams_and_reports_each(tmp_path, capsys):
     workdir = tmp_path / "both"
     run = train([*TINY, "--modality", "two-stream", "--fusion", "softmax", "--steps", "2", "--workdir", str(workdir)])
     assert run.returncode == 0, run.stderr[-2000:]
     final = [r for r in metrics(workdir) if r["split"] == "eval"][-1]
     assert {"top1", "video_top1", "rgb_top1", "flow_top1", "rgb_video_top1", "flow_video_top1"} <= set(final)
     assert "fused; rgb top1" in run.stdout
+    video = encode(tmp_path / "bar.mp4", "mpeg4", moving_bar())
+    rc = predict.main(["--model", "r3d_18", "--weights", str(workdir), "--frames", "4", "--resize", "18", "--crop", "16",
+                       "--json", "--no-progress", video])  # the workdir holds both networks: fused as trained
+    report = json.loads(capsys.readouterr().out)
+    assert rc == 0 and report["fusion"] == "softmax" and report["flow_weights"] == str(workdir)
     again = train([*TINY, "--modality", "rgb", "--steps", "3", "--workdir", str(workdir)])
     assert again.returncode != 0 and "--modality two-stream (now rgb)" in again.stderr
 
@@ -110,3 +115,28 @@ def test_modality_flags_are_checked_before_any_work(tmp_path):
         resolve(TrainConfig(model="r3d_18", modality="flow", compile_only=True, tpu_topology="v5e:2x2"))
     run = train([*TINY, "--modality", "depth", "--workdir", str(tmp_path / "x")])
     assert run.returncode == 2 and "--modality" in run.stderr
+
+
+def test_sharded_flow_stays_on_each_device(tmp_path):
+    """Under the batch-sharded jit each device runs its own clips' TV-L1 loops: no collective per iteration."""
+    import subprocess
+    import sys
+
+    from trainrun import REPO, env
+
+    script = """
+import re, jax, jax.numpy as jnp, numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from v3d_flax import two_stream
+mesh = Mesh(np.array(jax.devices()), ("data",))
+sharded = NamedSharding(mesh, P("data"))
+clips = np.random.default_rng(0).random((4, 3, 16, 16, 3)).astype(np.float32)
+step = jax.jit(lambda c: two_stream.flow_input(c, mesh=mesh), out_shardings=sharded)
+hlo = step.lower(jax.ShapeDtypeStruct(clips.shape, jnp.float32, sharding=sharded)).compile().as_text()
+assert not re.search(r"all-reduce\\(|all-gather\\(", hlo), "a collective in the sharded flow"
+np.testing.assert_array_equal(step(jax.device_put(clips, sharded)), two_stream.flow_input(jnp.asarray(clips)))
+print("ok")
+"""
+    run = subprocess.run([sys.executable, "-c", script], env=env(devices=2), cwd=REPO, capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 0 and run.stdout.strip() == "ok", run.stderr[-2000:]

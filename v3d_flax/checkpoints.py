@@ -314,6 +314,9 @@ def _json_dict(value) -> dict:
 def _load_flax(name: str, path: str, num_classes: int | None, recipe, **kwargs) -> nnx.Module:
     flat, meta = read_flax_checkpoint(path)
     run = training_run_record(path)
+    if flat and all(k.startswith(("rgb/", "flow/")) for k in flat):  # a two-stream run: one of its networks
+        stream = "flow/" if kwargs.get("in_channels") == 2 else "rgb/"
+        flat = {k[len(stream):]: v for k, v in flat.items() if k.startswith(stream)}
     recorded = meta.get("arch") or run.get("model")
     kwargs = {**(run.get("model_kwargs") or {}), **_json_dict(meta.get("model_kwargs")), **kwargs}
     if isinstance(recorded, str) and recorded and recorded != name:

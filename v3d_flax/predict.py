@@ -220,9 +220,16 @@ def check_two_stream_arguments(parser: argparse.ArgumentParser, args) -> None:
 
 
 def predictor_from_args(args, recipe: Recipe, feature_layer: str | None = None):
-    """The Predictor of --model/--weights, or with --two-stream the TwoStreamPredictor of it and --flow-weights."""
+    """The Predictor of --model/--weights, or with --two-stream the TwoStreamPredictor of it and --flow-weights
+    (also when --weights is a `train.py --modality two-stream` workdir, which holds both)."""
+    from v3d_flax.checkpoints import training_run_record
     from v3d_flax.weights import named_weights
 
+    run = training_run_record(args.weights) if args.source == "v3d" else {}
+    if run.get("config", {}).get("modality") == "two-stream" and not args.two_stream:
+        # a `train.py --modality two-stream` workdir holds both networks: predict with both, fused as trained
+        args = argparse.Namespace(**{**vars(args), "two_stream": True, "flow_weights": args.weights,
+                                     "fusion": run["config"].get("fusion", "logits")})
     predictor = load_predictor(args.model, args.weights, source=args.source, num_classes=args.num_classes,
                                recipe=recipe, batch_size=args.batch_size, feature_layer=feature_layer)
     if not args.two_stream:
@@ -351,7 +358,8 @@ def main(argv=None) -> int:
             progress.update()
     if args.json:
         views = (args.clips or recipe.clips) * (args.crops or recipe.crops)
-        streams = {"flow_weights": os.fspath(args.flow_weights), "fusion": args.fusion} if args.two_stream else {}
+        streams = ({"flow_weights": os.fspath(args.flow_weights or args.weights), "fusion": predictor.fusion}
+                   if predictor.modality == "two-stream" else {})
         json.dump({"model": args.model, "weights": os.fspath(args.weights), **streams, "views": views,
                    "results": results, "errors": errors}, sys.stdout, indent=1)
         print()

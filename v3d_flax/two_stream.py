@@ -21,6 +21,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.sharding import Mesh
+from jax.sharding import PartitionSpec as P
 
 from v3d_flax.flow import TVL1, i3d_flow_input, optical_flow
 from v3d_flax.preprocessing import Normalization
@@ -58,30 +60,44 @@ def in_channels(modality: str) -> int:
     return 3 if modality == "rgb" else 2
 
 
-def flow_input(clip: jax.Array, params: TVL1 = TVL1()) -> jax.Array:
-    """(B, T + 1, H, W, 3) RGB in [0, 1] -> (B, T, H, W, 2) I3D-scaled TV-L1 flow (no gradient flows)."""
-    return jax.lax.stop_gradient(i3d_flow_input(optical_flow(clip.astype(jnp.float32), params)))
+def flow_input(clip: jax.Array, params: TVL1 = TVL1(), mesh: Mesh | None = None) -> jax.Array:
+    """(B, T + 1, H, W, 3) RGB in [0, 1] -> (B, T, H, W, 2) I3D-scaled TV-L1 flow (no gradient flows).
+
+    With a `mesh` whose first axis splits the batch, each device computes its own clips' flow with
+    `shard_map`: TV-L1's stopping rule is per pair, and a batch-sharded loop would otherwise
+    all-reduce its condition over the devices on every iteration.
+    """
+    def compute(c):
+        return jax.lax.stop_gradient(i3d_flow_input(optical_flow(c.astype(jnp.float32), params)))
+
+    if mesh is None or mesh.size == 1:
+        return compute(clip)
+    batch = P(mesh.axis_names[0])
+    return jax.shard_map(compute, mesh=mesh, in_specs=batch, out_specs=batch, check_vma=False)(clip)
 
 
-def model_input(modality: str, clip: jax.Array, normalization: Normalization, params: TVL1 = TVL1()):
+def model_input(modality: str, clip: jax.Array, normalization: Normalization, params: TVL1 = TVL1(),
+                mesh: Mesh | None = None):
     """The network input of `modality` from an RGB clip: the clip itself for "rgb" (already normalised
     by the pipeline); for "flow" and "two-stream" the clip holds T + 1 frames in [0, 1] and this returns
-    the flow input, or {"rgb": the first T frames normalised by `normalization`, "flow": the flow}."""
+    the flow input, or {"rgb": the first T frames normalised by `normalization`, "flow": the flow}
+    (`flow_input` says what `mesh` is for)."""
     check_modality(modality)
     if modality == "rgb":
         return clip
     if modality == "flow":
-        return flow_input(clip, params)
+        return flow_input(clip, params, mesh)
     mean, std = jnp.asarray(normalization.mean, jnp.float32), jnp.asarray(normalization.std, jnp.float32)
-    return {"rgb": (clip[:, :-1].astype(jnp.float32) - mean) / std, "flow": flow_input(clip, params)}
+    return {"rgb": (clip[:, :-1].astype(jnp.float32) - mean) / std, "flow": flow_input(clip, params, mesh)}
 
 
-def input_function(modality: str, normalization: Normalization, params: TVL1 = TVL1()) -> Callable | None:
+def input_function(modality: str, normalization: Normalization, params: TVL1 = TVL1(),
+                   mesh: Mesh | None = None) -> Callable | None:
     """`model_input` bound to its settings, or None for RGB (no transform)."""
     check_modality(modality)
     if modality == "rgb":
         return None
-    return lambda clip: model_input(modality, clip, normalization, params)
+    return lambda clip: model_input(modality, clip, normalization, params, mesh)
 
 
 def fuse(rgb_logits: jax.Array, flow_logits: jax.Array, fusion: str = "logits") -> jax.Array:

@@ -130,7 +130,9 @@ def run_resolved(config: TrainConfig) -> dict:
                  f"{len(mesh.devices.flat)} device(s) x {jax.process_count()} process(es), "
                  f"clip {config.num_frames}x{config.crop_size}x{config.crop_size}, global batch {config.batch_size}")
 
-    input_fn = two_stream.input_function(config.modality, spec.normalization)
+    # flow is computed per device under the sharded jit (a pmap step already runs per device)
+    input_fn = two_stream.input_function(config.modality, spec.normalization,
+                                         mesh=mesh if parallel.axis_name is None else None)
     evaluator = evaluation.Evaluator(defs, config, mesh, info, spec.normalization, input_fn)
     trainer = Trainer(config, spec.normalization, defs, tx, schedule, parallel, info, ckpt, logger, evaluator,
                       input_fn)
