@@ -95,13 +95,13 @@ def test_recovers_a_known_subpixel_shift_as_well_as_opencv():
 def test_batch_axes_and_parameters():
     rng = np.random.default_rng(2)
     frames = rng.integers(0, 256, (2, 3, 20, 20, 3), dtype=np.uint8)
-    params = flow.TVL1(nscales=2, warps=2, inner_iterations=5, outer_iterations=2, median_filtering=3)
+    params = flow.TVL1(nscales=2, warps=2, inner_iterations=5, outer_iterations=2, median_filtering=3, gamma=0.1)
     batched = np.asarray(flow.optical_flow(frames, params))
     assert batched.shape == (2, 2, 20, 20, 2)
     for i in range(2):  # each pair stops on its own, as it would alone
         np.testing.assert_allclose(batched[i], flow.optical_flow(frames[i], params), atol=1e-5)
     reference = opencv_flow(frames[0], nscales=2, warps=2, innnerIterations=5, outerIterations=2,
-                            medianFiltering=3)
+                            medianFiltering=3, gamma=0.1)
     assert flow.mean_endpoint_error(batched[0], reference) < 0.05
 
 

@@ -98,8 +98,8 @@ def test_two_stream_trains_both_streams_and_reports_each(tmp_path, capsys):
     assert {"top1", "video_top1", "rgb_top1", "flow_top1", "rgb_video_top1", "flow_video_top1"} <= set(final)
     assert "fused; rgb top1" in run.stdout
     video = encode(tmp_path / "bar.mp4", "mpeg4", moving_bar())
-    rc = predict.main(["--model", "r3d_18", "--weights", str(workdir), "--frames", "4", "--resize", "18", "--crop", "16",
-                       "--json", "--no-progress", video])  # the workdir holds both networks: fused as trained
+    rc = predict.main(["--model", "r3d_18", "--weights", str(workdir), "--frames", "4", "--resize", "18",
+                       "--crop", "16", "--json", "--no-progress", video])  # both networks, fused as trained
     report = json.loads(capsys.readouterr().out)
     assert rc == 0 and report["fusion"] == "softmax" and report["flow_weights"] == str(workdir)
     again = train([*TINY, "--modality", "rgb", "--steps", "3", "--workdir", str(workdir)])
@@ -140,3 +140,60 @@ print("ok")
     run = subprocess.run([sys.executable, "-c", script], env=env(devices=2), cwd=REPO, capture_output=True, text=True,
                          timeout=300)
     assert run.returncode == 0 and run.stdout.strip() == "ok", run.stderr[-2000:]
+
+
+def test_flow_frames_resize_and_mirror_as_flow():
+    """Precomputed flow goes through the frame transforms as flow: vectors scale with the resize,
+    mirroring negates x, and the normalisation gives I3D's f / 20."""
+    import tensorflow as tf
+
+    from v3d_flax.data import transforms
+
+    flow_px = np.zeros((3, 20, 30, 2), np.float32)
+    flow_px[..., 0], flow_px[..., 1] = 3.0, -2.0
+    video = tf.constant(flow.quantize_flow(flow_px))
+    norm = two_stream.FLOW_DATASET
+
+    u = tf.constant([0.0, 0.99, 0.5, 0.5, 0.1])  # largest scale, mirrored
+    clip, mirrored = transforms.train_clip(video, False, u, num_frames=3, crop_size=16, frame_stride=1, flip=True,
+                                           flow=True)
+    assert bool(mirrored) and clip.shape == (3, 16, 16, 2)
+    short = round(transforms.TRAIN_SCALE[0] * 16 + 0.99 * (transforms.TRAIN_SCALE[1] - transforms.TRAIN_SCALE[0]) * 16)
+    scale = short / 20
+    got = np.asarray(transforms.normalize(clip, norm.mean, norm.std)) * flow.I3D_FLOW_BOUND
+    np.testing.assert_allclose(got[..., 0], -3.0 * scale, atol=0.2)  # mirrored: x negated, then scaled
+    np.testing.assert_allclose(got[..., 1], -2.0 * scale, atol=0.2)
+    views = transforms.eval_views(video, False, 0, clips=1, crops=1, num_frames=3, crop_size=16, frame_stride=1,
+                                  flow=True)
+    got = np.asarray(transforms.normalize(views, norm.mean, norm.std)) * flow.I3D_FLOW_BOUND
+    np.testing.assert_allclose(got[..., 0], 3.0 * round(transforms.EVAL_SCALE * 16) / 20, atol=0.2)
+
+
+def test_precomputed_flow_dataset_trains_the_flow_stream(tmp_path):
+    import subprocess
+    import sys
+
+    from trainrun import REPO
+    from trainrun import env as train_env
+
+    data_dir = str(tmp_path / "data")
+    made = subprocess.run([sys.executable, "-m", "v3d_flax.data", "flow", "v3d_synthetic_motion/tiny", "tiny_flow",
+                           "--data-dir", data_dir], env=train_env(), cwd=REPO, capture_output=True, text=True,
+                          timeout=600)
+    assert made.returncode == 0, made.stderr[-2000:]
+    assert "tiny_flow: 8 classes, 64 training videos" in made.stdout
+    from v3d_flax.data import dataset_info
+
+    info = dataset_info("tiny_flow", data_dir)
+    assert info.modality == "flow" and info.hflip_label_map == dataset_info("v3d_synthetic_motion/tiny",
+                                                                            data_dir).hflip_label_map
+    args = [arg for arg in TINY if arg != "v3d_synthetic_motion/tiny" and arg != "--dataset"]
+    run = train([*args, "--dataset", "tiny_flow", "--data-dir", data_dir, "--modality", "flow", "--steps", "2",
+                 "--workdir", str(tmp_path / "run")])
+    assert run.returncode == 0, run.stderr[-2000:]
+    rgb = train([*args, "--dataset", "tiny_flow", "--data-dir", data_dir, "--steps", "2", "--workdir",
+                 str(tmp_path / "rgb")])
+    assert rgb.returncode != 0 and "holds precomputed flow" in rgb.stderr
+    again = subprocess.run([sys.executable, "-m", "v3d_flax.data", "flow", "v3d_synthetic_motion/tiny", "tiny_flow",
+                            "--data-dir", data_dir], env=train_env(), cwd=REPO, capture_output=True, text=True)
+    assert again.returncode == 1 and "already exists" in again.stderr

@@ -311,6 +311,13 @@ def i3d_flow_input(flow: jax.Array, bound: float = I3D_FLOW_BOUND) -> jax.Array:
     return jnp.clip(flow, -bound, bound) / bound
 
 
+def quantize_flow(flow, bound: float = I3D_FLOW_BOUND) -> np.ndarray:
+    """(..., 2) pixel flow -> uint8 127 + round(127 f / bound) per component, clipped to the bound: how a
+    precomputed-flow dataset stores it (zero motion is exactly 127; one level is bound / 127 px)."""
+    f = np.clip(np.asarray(flow, np.float32), -bound, bound)
+    return (127 + np.round(f * (127 / bound))).astype(np.uint8)
+
+
 def mean_endpoint_error(flow: jax.Array | np.ndarray, reference: jax.Array | np.ndarray) -> float:
     """Mean Euclidean distance between two (..., 2) flow fields, in pixels."""
     d = np.asarray(flow, np.float64) - np.asarray(reference, np.float64)
@@ -323,5 +330,6 @@ def mean_magnitude(flow: jax.Array | np.ndarray) -> float:
     return float(np.mean(np.sqrt(np.sum(f * f, axis=-1))))
 
 
-__all__ = ["TVL1", "grey", "optical_flow", "tvl1_pair", "i3d_flow_input", "mean_endpoint_error", "mean_magnitude",
+__all__ = ["TVL1", "grey", "optical_flow", "tvl1_pair", "i3d_flow_input", "quantize_flow", "mean_endpoint_error",
+           "mean_magnitude",
            "pyramid_sizes", "resize_linear", "remap_cubic", "median_blur", "I3D_FLOW_BOUND"]

@@ -31,6 +31,9 @@ MODALITIES = ("rgb", "flow", "two-stream")
 FUSIONS = ("logits", "softmax")
 STREAMS = ("rgb", "flow")
 RAW = Normalization("none: frames in [0, 1] as decoded", (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+# A precomputed-flow dataset's uint8 127 + 127 f / 20 (`v3d_flax.flow.quantize_flow`), read as [0, 1]:
+# (v - 127/255) / (127/255) is f / 20, I3D's flow input.
+FLOW_DATASET = Normalization("I3D flow from uint8 127 + 127 f / 20", (127 / 255, 127 / 255), (127 / 255, 127 / 255))
 
 
 def check_modality(modality: str) -> None:
@@ -39,16 +42,28 @@ def check_modality(modality: str) -> None:
         raise ValueError(f"modality must be one of {', '.join(MODALITIES)}, got {modality!r}")
 
 
-def clip_frames(modality: str, num_frames: int) -> int:
-    """RGB frames to read for a model that sees `num_frames`: one more where flow is computed."""
+def check_dataset(modality: str, dataset_modality: str) -> None:
+    """ValueError unless a run of `modality` can read a dataset of `dataset_modality` (its
+    `DatasetInfo.modality`): precomputed flow feeds `--modality flow` only."""
     check_modality(modality)
-    return num_frames if modality == "rgb" else num_frames + 1
+    if dataset_modality == "flow" and modality != "flow":
+        raise ValueError(f"this dataset holds precomputed flow, not RGB frames: train it with --modality flow "
+                         f"(--modality {modality} needs the RGB dataset it was computed from)")
 
 
-def pipeline_normalization(modality: str, normalization: Normalization) -> Normalization:
+def clip_frames(modality: str, num_frames: int, dataset_modality: str = "rgb") -> int:
+    """Frames to read for a model that sees `num_frames`: one more where flow is computed from RGB."""
+    check_dataset(modality, dataset_modality)
+    return num_frames if modality == "rgb" or dataset_modality == "flow" else num_frames + 1
+
+
+def pipeline_normalization(modality: str, normalization: Normalization, dataset_modality: str = "rgb") -> Normalization:
     """What the input pipeline applies: the RGB model's own for RGB; none for flow or two streams,
-    whose flow needs the frames as decoded (the RGB stream is normalised on the device)."""
-    check_modality(modality)
+    whose flow needs the frames as decoded (the RGB stream is normalised on the device); I3D's
+    scaling for a precomputed-flow dataset."""
+    check_dataset(modality, dataset_modality)
+    if dataset_modality == "flow":
+        return FLOW_DATASET
     return normalization if modality == "rgb" else RAW
 
 
@@ -92,10 +107,11 @@ def model_input(modality: str, clip: jax.Array, normalization: Normalization, pa
 
 
 def input_function(modality: str, normalization: Normalization, params: TVL1 = TVL1(),
-                   mesh: Mesh | None = None) -> Callable | None:
-    """`model_input` bound to its settings, or None for RGB (no transform)."""
-    check_modality(modality)
-    if modality == "rgb":
+                   mesh: Mesh | None = None, dataset_modality: str = "rgb") -> Callable | None:
+    """`model_input` bound to its settings, or None where the pipeline delivers the network's input
+    (RGB, or a precomputed-flow dataset)."""
+    check_dataset(modality, dataset_modality)
+    if modality == "rgb" or dataset_modality == "flow":
         return None
     return lambda clip: model_input(modality, clip, normalization, params, mesh)
 

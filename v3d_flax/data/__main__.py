@@ -1,5 +1,6 @@
 """`python -m v3d_flax.data prepare NAME` (tfds download + preparation), `from-folder SRC NAME` (your own
-videos as a tfds dataset) and `info NAME`; each takes --data-dir DIR."""
+videos as a tfds dataset), `flow SOURCE NAME` (a dataset's TV-L1 flow, precomputed) and `info NAME`;
+each takes --data-dir DIR."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ def _parser() -> argparse.ArgumentParser:
     data_dir = argparse.ArgumentParser(add_help=False)
     data_dir.add_argument("--data-dir", default=None, help="tfds data directory (default: $TFDS_DATA_DIR or "
                                                            "~/tensorflow_datasets); train.py's --data-dir")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="{prepare,from-folder,info}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{prepare,from-folder,flow,info}")
     for command, help_ in (("prepare", "download and prepare a tfds dataset (needs internet, except for the "
                                        "embedded v3d_synthetic_motion)"),
                            ("info", "describe a prepared dataset")):
@@ -29,6 +30,11 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_argument("--frames", choices=["jpeg", "uint8"], default="jpeg",
                      help="store JPEG frames (default; decoded per clip) or pre-decoded uint8 frames (no "
                           "decoding when training, 10-30x larger)")
+    sub = commands.add_parser("flow", parents=[data_dir],
+                              help="precompute the TV-L1 flow of every video of SOURCE (OpenCV's defaults) into "
+                                   "the tfds dataset NAME, which train.py --modality flow reads")
+    sub.add_argument("source", help="a prepared video dataset, e.g. v3d_synthetic_motion or one from from-folder")
+    sub.add_argument("name", help="the new dataset's name (lower case, digits, underscores)")
     return parser
 
 
@@ -52,6 +58,14 @@ def main(argv: list[str] | None = None) -> int:
 
             info = prepare_folder(args.source, args.name, args.data_dir, short_side=args.short_side or None,
                                   frames=args.frames, progress=progress)
+        elif args.command == "flow":
+            from v3d_flax.data.flow_dataset import prepare_flow
+
+            def progress(i, n):
+                if i % max(n // 20, 1) == 0:
+                    print(f"[{i + 1}/{n}]", file=sys.stderr, flush=True)
+
+            info = prepare_flow(args.source, args.name, args.data_dir, progress=progress)
         else:
             info = (sources.prepare if args.command == "prepare" else sources.dataset_info)(args.name, args.data_dir)
     except (ValueError, RuntimeError, sources.DatasetNotPreparedError) as e:

@@ -23,8 +23,10 @@ so a failed preparation leaves nothing behind.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import re
+import shutil
 
 import numpy as np
 
@@ -121,23 +123,14 @@ def prepare_folder(source: str | os.PathLike, name: str, data_dir: str | os.Path
     `progress(i, n, path)` is called before each video. Raises ValueError before any work when a
     setting, the layout or a file is wrong, or the dataset already exists.
     """
-    import tensorflow_datasets as tfds
-
     from v3d_flax.data.sources import dataset_info
 
-    if not isinstance(name, str) or not _NAME.match(name):
-        raise ValueError(f"the dataset name must be lower case letters, digits and underscores, starting with a "
-                         f"letter (tfds's rule), got {name!r}")
     if frames not in FRAME_FORMATS:
         raise ValueError(f"frames must be one of {', '.join(FRAME_FORMATS)}, got {frames!r}")
     if short_side is not None and (isinstance(short_side, bool) or not isinstance(short_side, int) or short_side < 1):
         raise ValueError(f"short_side must be a positive integer or None, got {short_side!r}")
-    if name in tfds.list_builders(with_community_datasets=False):
-        raise ValueError(f"{name!r} is a tfds catalogue dataset; choose another name for your videos")
     root = _root(data_dir)
-    target = os.path.join(root, name, VERSION)
-    if os.path.exists(target):
-        raise ValueError(f"{target} already exists: remove it to prepare {name!r} again, or choose another name")
+    check_new_dataset(name, root)
     plan = plan_folder(source)
     keep_tensorflow_on_host()
     source = os.fspath(source)
@@ -151,19 +144,53 @@ def prepare_folder(source: str | os.PathLike, name: str, data_dir: str | os.Path
             relative = os.path.relpath(path, source)
             yield relative, {"video": resized_frames(path, short_side), "label": label, "path": relative}
 
+    store_dataset(name, root, features(plan.class_names, frames),
+                  {split: examples(items) for split, items in plan.splits.items()},
+                  f"videos of {source} ({plan.count()}), short side {short_side or 'as decoded'}, {frames} frames; "
+                  f"prepared by v3d_flax.data from-folder")
+    return dataset_info(name, root)
+
+
+def check_new_dataset(name: str, root: str) -> str:
+    """The folder a new dataset `name` will take in the data directory `root`; ValueError for a name tfds
+    would refuse, a tfds catalogue name, or a dataset that exists."""
+    import tensorflow_datasets as tfds
+
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise ValueError(f"the dataset name must be lower case letters, digits and underscores, starting with a "
+                         f"letter (tfds's rule), got {name!r}")
+    if name in tfds.list_builders(with_community_datasets=False):
+        raise ValueError(f"{name!r} is a tfds catalogue dataset; choose another name")
+    target = os.path.join(root, name, VERSION)
+    if os.path.exists(target):
+        raise ValueError(f"{target} already exists: remove it to prepare {name!r} again, or choose another name")
+    return target
+
+
+def store_dataset(name: str, root: str, features, split_examples: dict, description: str, metadata=None) -> None:
+    """Write the examples as tfds dataset `name` in `root` (tfds writes a temporary folder and renames
+    it), with `metadata` (a JSON dict, read back as the builder's info.metadata) when given; nothing
+    of it stays when anything fails."""
+    import tensorflow_datasets as tfds
+
+    target = os.path.join(root, name, VERSION)
     downloads = os.path.join(root, "downloads")
     made_downloads = not os.path.exists(downloads)
     tfds.disable_progress_bar()
     try:
-        tfds.dataset_builders.store_as_tfds_dataset(
-            name, VERSION, features(plan.class_names, frames),
-            {split: examples(items) for split, items in plan.splits.items()}, data_dir=root,
-            description=f"videos of {source} ({plan.count()}), short side {short_side or 'as decoded'}, "
-                        f"{frames} frames; prepared by v3d_flax.data from-folder")
+        tfds.dataset_builders.store_as_tfds_dataset(name, VERSION, features, split_examples, data_dir=root,
+                                                    description=description)
+        if metadata:
+            tmp = os.path.join(target, "metadata.json.tmp")
+            with open(tmp, "w", encoding="utf-8") as f:
+                json.dump(metadata, f)
+            os.replace(tmp, os.path.join(target, "metadata.json"))
+    except BaseException:
+        shutil.rmtree(target, ignore_errors=True)
+        raise
     finally:
         tfds.enable_progress_bar()
         if made_downloads and os.path.isdir(downloads):  # tfds makes an empty download folder
             for sub in (os.path.join(downloads, "extracted"), downloads):
                 if os.path.isdir(sub) and not os.listdir(sub):
                     os.rmdir(sub)
-    return dataset_info(name, root)

@@ -109,7 +109,8 @@ def train_batches(name: str, *, data_dir, global_batch_size: int, num_frames: in
                   seed: int, start_step: int = 0, stop_step: int | None = None, process_index: int = 0,
                   process_count: int = 1, frame_stride: int = 1, flip: bool = True):
     """Training batches {"video": float32 (B, T, H, W, 3) NDHWC, "label": int32 (B,)}, normalised by
-    `normalization` (a model's: `v3d_flax.registry.model_spec(name).normalization`).
+    `normalization` (a model's: `v3d_flax.registry.model_spec(name).normalization`). A dataset of
+    precomputed flow (`DatasetInfo.modality` "flow") gives (B, T, H, W, 2), normalised the same way.
 
     B = global_batch_size // process_count. Batch k of this iterator is global step start_step + k;
     see the module docstring for the determinism contract. Endless unless `stop_step` is given (then
@@ -139,7 +140,8 @@ def train_batches(name: str, *, data_dir, global_batch_size: int, num_frames: in
     def make_clip(serialized, u):
         video, label = source.parse(serialized)
         clip, mirrored = transforms.train_clip(video, source.encoded_frames, u, num_frames=num_frames,
-                                               crop_size=crop_size, frame_stride=frame_stride, flip=do_flip)
+                                               crop_size=crop_size, frame_stride=frame_stride, flip=do_flip,
+                                               flow=info.modality == "flow")
         label = tf.cast(label, tf.int32)
         label = tf.where(mirrored, tf.gather(flip_map, label), label)
         return transforms.normalize(clip, mean, std), label
@@ -188,7 +190,8 @@ def eval_batches(name: str, *, data_dir, batch_size: int, num_frames: int, crop_
     def make_views(serialized, video_index, clip_index):
         video, label = source.parse(serialized)
         views = transforms.eval_views(video, source.encoded_frames, clip_index, clips=clips, crops=crops,
-                                      num_frames=num_frames, crop_size=crop_size, frame_stride=frame_stride)
+                                      num_frames=num_frames, crop_size=crop_size, frame_stride=frame_stride,
+                                      flow=info.modality == "flow")
         views = transforms.normalize(views, mean, std)
         return (views, tf.fill([crops], tf.cast(label, tf.int32)), tf.fill([crops], video_index),
                 tf.ones([crops], tf.bool))
@@ -203,7 +206,7 @@ def eval_batches(name: str, *, data_dir, batch_size: int, num_frames: int, crop_
     ds = (ds.map(make_views, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).unbatch()
           .batch(local).prefetch(tf.data.AUTOTUNE).with_options(_options()))
     return _padded(_numpy_batches(ds, ("video", "label", "video_index", "mask")), num_batches, local,
-                   (num_frames, crop_size, crop_size, 3))
+                   (num_frames, crop_size, crop_size, 2 if info.modality == "flow" else 3))
 
 
 def _padded(batches, num_batches: int, size: int, clip_shape: tuple[int, ...]):

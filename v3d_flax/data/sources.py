@@ -60,6 +60,9 @@ class DatasetNotPreparedError(FileNotFoundError, ValueError):
     """
 
 
+FLOW_KEY = "flow"  # the feature of a precomputed-flow dataset: uint8 (T, H, W, 2), see transforms.FLOW_ZERO
+
+
 @dataclasses.dataclass(frozen=True)
 class DatasetInfo:
     """What the training loop needs to know about a dataset.
@@ -80,6 +83,7 @@ class DatasetInfo:
     label_key: str = "label"
     hflip_label_map: tuple[int, ...] | None = None
     flip_ok: bool = True
+    modality: str = "rgb"  # "flow": precomputed TV-L1 flow (`python -m v3d_flax.data flow`), 2 channels
 
 
 @functools.cache
@@ -204,8 +208,8 @@ def dataset_info(name: str, data_dir: str | os.PathLike | None = None) -> Datase
 
 def _find_features(features, name: str) -> tuple[str, str]:
     video = [k for k, f in features.items() if isinstance(f, tfds.features.Video)
-             or (type(f) is tfds.features.Tensor and len(f.shape) == 4 and f.shape[-1] in (1, 3)
-                 and np.dtype(f.np_dtype) == np.uint8)]
+             or (type(f) is tfds.features.Tensor and len(f.shape) == 4 and np.dtype(f.np_dtype) == np.uint8
+                 and (f.shape[-1] in (1, 3) or (k == FLOW_KEY and f.shape[-1] == 2)))]
     labels = [k for k, f in features.items() if isinstance(f, tfds.features.ClassLabel)]
     described = ", ".join(f"{k}: {type(f).__name__}{getattr(f, 'shape', '')}" for k, f in features.items())
     if not video or not labels:
@@ -239,7 +243,7 @@ class Source:
             num_eval=splits[eval_split].num_examples, class_names=tuple(label.names), train_split="train",
             eval_split=eval_split, name=name, video_key=video_key, label_key=label_key,
             hflip_label_map=tuple(int(v) for v in flip_map) if flip_map is not None else None,
-            flip_ok=bool(metadata.get("hflip", True)))
+            flip_ok=bool(metadata.get("hflip", True)), modality="flow" if video_key == FLOW_KEY else "rgb")
         if flip_map is not None and sorted(self.info.hflip_label_map) != list(range(label.num_classes)):
             raise ValueError(f"{name!r}: metadata hflip_label_map must be a permutation of the labels, got {flip_map}")
         self._file_format = str(getattr(builder.info.file_format, "value", builder.info.file_format) or "tfrecord")

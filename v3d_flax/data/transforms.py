@@ -17,6 +17,23 @@ import tensorflow as tf
 
 TRAIN_SCALE = (8 / 7, 10 / 7)
 EVAL_SCALE = 8 / 7
+# Precomputed flow (`python -m v3d_flax.data flow`) is stored as uint8 127 + round(127 f / bound) per
+# component: read as [0, 1] like frames, zero motion is FLOW_ZERO.
+FLOW_ZERO = 127 / 255
+
+
+def resized_flow(before, after):
+    """Flow frames in [0, 1] (the quantised uint8 read as frames) resized from `before` (T, H, W, 2) to
+    `after`: each component scales with its axis, so the vectors stay in pixels of the new size."""
+    scale = tf.cast(tf.shape(after)[1:3], tf.float32) / tf.cast(tf.shape(before)[1:3], tf.float32)
+    scale = tf.stack([scale[1], scale[0]])  # x then y
+    return tf.clip_by_value((after - FLOW_ZERO) * scale + FLOW_ZERO, 0.0, 2 * FLOW_ZERO)
+
+
+def mirrored_flow(frames):
+    """Flow frames mirrored left-right: the x component changes sign."""
+    frames = tf.reverse(frames, axis=[2])
+    return tf.concat([2 * FLOW_ZERO - frames[..., :1], frames[..., 1:]], axis=-1)
 
 
 def frame_indices(length, num_frames: int, frame_stride: int, start):
@@ -75,17 +92,19 @@ def crop_at(frames, crop_size: int, fy, fx):
     return frames[:, y:y + crop_size, x:x + crop_size, :]
 
 
-def train_clip(video, encoded: bool, u, *, num_frames: int, crop_size: int, frame_stride: int, flip: bool):
+def train_clip(video, encoded: bool, u, *, num_frames: int, crop_size: int, frame_stride: int, flip: bool,
+               flow: bool = False):
     """A training clip, float32 (num_frames, crop, crop, 3) in [0, 1], and whether it was mirrored.
 
-    u: float32 (5,) uniforms in [0, 1): temporal position, scale, crop y, crop x, flip.
+    u: float32 (5,) uniforms in [0, 1): temporal position, scale, crop y, crop x, flip. `flow`: the
+    video is quantised flow (2 channels): resizing scales its vectors and mirroring negates x.
     """
     length = tf.shape(video)[0]
     start = clip_start(length, num_frames, frame_stride, u[0])
     frames = select_frames(video, frame_indices(length, num_frames, frame_stride, start), encoded)
     lo, hi = TRAIN_SCALE[0] * crop_size, TRAIN_SCALE[1] * crop_size
     short = tf.maximum(tf.cast(tf.round(lo + u[1] * (hi - lo)), tf.int32), crop_size)
-    frames = resize_short_side(to_unit_float(frames), short)
+    frames = _resized(to_unit_float(frames), short, flow)
     # Random crop: u in [0, 1) over the free range, with every offset equally likely.
     shape = tf.shape(frames)
     fy = tf.floor(u[2] * tf.cast(shape[1] - crop_size + 1, tf.float32)) / tf.cast(
@@ -94,16 +113,23 @@ def train_clip(video, encoded: bool, u, *, num_frames: int, crop_size: int, fram
         tf.maximum(shape[2] - crop_size, 1), tf.float32)
     frames = crop_at(frames, crop_size, fy, fx)
     mirrored = tf.logical_and(tf.constant(flip), u[4] < 0.5)
-    frames = tf.cond(mirrored, lambda: tf.reverse(frames, axis=[2]), lambda: frames)
-    return tf.ensure_shape(frames, [num_frames, crop_size, crop_size, 3]), mirrored
+    mirror = mirrored_flow if flow else (lambda f: tf.reverse(f, axis=[2]))
+    frames = tf.cond(mirrored, lambda: mirror(frames), lambda: frames)
+    return tf.ensure_shape(frames, [num_frames, crop_size, crop_size, 2 if flow else 3]), mirrored
+
+
+def _resized(frames, short_side, flow: bool):
+    resized = resize_short_side(frames, short_side)
+    return resized_flow(frames, resized) if flow else resized
 
 
 def eval_views(video, encoded: bool, clip_index, *, clips: int, crops: int, num_frames: int, crop_size: int,
-               frame_stride: int):
+               frame_stride: int, flow: bool = False):
     """float32 (crops, num_frames, crop, crop, 3) in [0, 1]: every crop of clip `clip_index` of `clips`.
 
     Clips are uniformly spaced: clip c starts at fraction (c + 1/2) / clips of the free range (one
     clip: the centre). crops=1: centre crop; crops=3: both ends and the centre of the long side.
+    `flow`: 2-channel quantised flow, whose vectors scale with the resize.
     """
     if crops not in (1, 3):
         raise ValueError(f"crops must be 1 (centre) or 3 (two ends and centre), got {crops}")
@@ -112,7 +138,7 @@ def eval_views(video, encoded: bool, clip_index, *, clips: int, crops: int, num_
     start = clip_start(length, num_frames, frame_stride, u)
     frames = select_frames(video, frame_indices(length, num_frames, frame_stride, start), encoded)
     short = round(EVAL_SCALE * crop_size) if crops == 1 else crop_size
-    frames = resize_short_side(to_unit_float(frames), short)
+    frames = _resized(to_unit_float(frames), short, flow)
     if crops == 1:
         views = [crop_at(frames, crop_size, 0.5, 0.5)]
     else:
@@ -120,7 +146,7 @@ def eval_views(video, encoded: bool, clip_index, *, clips: int, crops: int, num_
         portrait = shape[1] > shape[2]
         views = [tf.cond(portrait, lambda f=f: crop_at(frames, crop_size, f, 0.5),
                          lambda f=f: crop_at(frames, crop_size, 0.5, f)) for f in (0.0, 0.5, 1.0)]
-    return tf.ensure_shape(tf.stack(views), [crops, num_frames, crop_size, crop_size, 3])
+    return tf.ensure_shape(tf.stack(views), [crops, num_frames, crop_size, crop_size, 2 if flow else 3])
 
 
 def normalize(frames, mean, std):

@@ -60,9 +60,10 @@ class Evaluator:
         c = self.config
         clips, crops = c.eval_views
         batches = data.eval_batches(c.dataset, data_dir=c.data_dir, batch_size=c.eval_batch_size,
-                                    num_frames=two_stream.clip_frames(c.modality, c.num_frames),
+                                    num_frames=two_stream.clip_frames(c.modality, c.num_frames, self.info.modality),
                                     crop_size=c.crop_size,
-                                    normalization=two_stream.pipeline_normalization(c.modality, self.normalization),
+                                    normalization=two_stream.pipeline_normalization(c.modality, self.normalization,
+                                                                                    self.info.modality),
                                     clips=clips, crops=crops, process_index=jax.process_index(),
                                     process_count=jax.process_count())
         show = c.progress and jax.process_index() == 0
@@ -85,10 +86,12 @@ class Evaluator:
             raise ValueError(f"the evaluation split of {c.dataset!r} yielded no batches")
         m = scores.result()
         seconds = time.perf_counter() - t0
-        per_stream = {f"{name}_{key}": value for name, s in stream_scores.items() for key, value in s.result().items()
-                      if key in ("clip_top1", "video_top1")}
-        per_stream = {k.replace("_clip_top1", "_top1"): v for k, v in per_stream.items()}
-        return {**per_stream, "step": step, "split": "eval", "loss": loss_sum / n, "top1": m["clip_top1"], "top5": m["clip_top5"],
+        per_stream = {}
+        for name, stream in stream_scores.items():
+            r = stream.result()
+            per_stream.update({f"{name}_top1": r["clip_top1"], f"{name}_video_top1": r["video_top1"]})
+        return {**per_stream, "step": step, "split": "eval", "loss": loss_sum / n, "top1": m["clip_top1"],
+                "top5": m["clip_top5"],
                 "lr": None, "clips_per_sec": n / seconds if seconds > 0 else 0.0, "views": f"{clips}x{crops}",
                 "video_top1": m["video_top1"], "video_top5": m["video_top5"], "num_clips": m["num_clips"],
                 "num_videos": m["num_videos"]}

@@ -85,6 +85,7 @@ def run_resolved(config: TrainConfig) -> dict:
 
     spec = model_spec(config.model)  # the one look-up: what the record says goes down as arguments
     info = data.dataset_info(config.dataset, data_dir=config.data_dir)
+    two_stream.check_dataset(config.modality, info.modality)  # precomputed flow trains --modality flow only
     mesh = parallel.mesh
     check_batch_divides(config.batch_size // config.grad_accum, mesh, "--batch-size / --grad-accum")
     check_batch_divides(config.eval_batch_size, mesh, "the evaluation batch size")
@@ -132,7 +133,8 @@ def run_resolved(config: TrainConfig) -> dict:
 
     # flow is computed per device under the sharded jit (a pmap step already runs per device)
     input_fn = two_stream.input_function(config.modality, spec.normalization,
-                                         mesh=mesh if parallel.axis_name is None else None)
+                                         mesh=mesh if parallel.axis_name is None else None,
+                                         dataset_modality=info.modality)
     evaluator = evaluation.Evaluator(defs, config, mesh, info, spec.normalization, input_fn)
     trainer = Trainer(config, spec.normalization, defs, tx, schedule, parallel, info, ckpt, logger, evaluator,
                       input_fn)
@@ -204,8 +206,9 @@ def _train(trainer: Trainer, state: dict, start_step: int, window: list, *, data
     micro_batch = config.batch_size // config.grad_accum
     batches = data.train_batches(
         config.dataset, data_dir=config.data_dir, global_batch_size=micro_batch,
-        num_frames=two_stream.clip_frames(config.modality, config.num_frames), crop_size=config.crop_size,
-        normalization=two_stream.pipeline_normalization(config.modality, trainer.normalization), seed=config.seed,
+        num_frames=two_stream.clip_frames(config.modality, config.num_frames, trainer.info.modality),
+        crop_size=config.crop_size, seed=config.seed,
+        normalization=two_stream.pipeline_normalization(config.modality, trainer.normalization, trainer.info.modality),
         start_step=start_step * config.grad_accum, stop_step=max(start_step, config.steps) * config.grad_accum,
         process_index=jax.process_index(),
         process_count=jax.process_count())
