@@ -83,6 +83,11 @@ def test_flow_stream_learns_motion_and_predicts_from_its_workdir(tmp_path, capsy
     final = [r for r in metrics(workdir) if r["split"] == "eval"][-1]
     assert final["top1"] >= 0.75, final  # chance is 1/8: single frames carry no class information
     assert json.loads((workdir / "run.json").read_text())["model_kwargs"] == {"in_channels": 2}
+    from v3d_flax.train.init_from import architecture_of
+
+    assert architecture_of("r3d_18", str(workdir), "flow") == {"in_channels": 2}  # fine-tunes as flow only
+    with pytest.raises(ValueError, match="that run trained with --modality flow; this run's --modality is rgb"):
+        architecture_of("r3d_18", str(workdir), "rgb")
     video = encode(tmp_path / "bar.mp4", "mpeg4", moving_bar())
     rc = predict.main(["--model", "r3d_18", "--weights", str(workdir), "--frames", "4", "--resize", "18",
                        "--crop", "16", "--json", "--no-progress", video])

@@ -46,7 +46,12 @@ def architecture_of(model: str, init_from: str | None, modality: str = "rgb") ->
     if os.path.isdir(init_from):
         from v3d_flax.checkpoints import training_run_record
 
-        return dict(training_run_record(init_from).get("model_kwargs") or {})
+        run = training_run_record(init_from)
+        recorded = (run.get("config") or {}).get("modality", "rgb")
+        if recorded != modality:
+            raise ValueError(f"--init-from {init_from}: that run trained with --modality {recorded}; this run's "
+                             f"--modality is {modality}")
+        return dict(run.get("model_kwargs") or {})
     return {}
 
 
