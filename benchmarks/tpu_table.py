@@ -2,7 +2,7 @@
 
     python benchmarks/tpu_table.py                                  # every model, v5e:2x4 and v4:2x2x4, bf16
     python benchmarks/tpu_table.py --models r3d_18,x3d_m --topologies v5e:2x4 --per-chip-batch 8
-    python benchmarks/tpu_table.py --models r3d_18 --largest-batch v5e:1x1   # + the largest batch one chip fits
+    python benchmarks/tpu_table.py --models r3d_18 --largest-batch v5e:2x2   # + the largest batch a chip fits
 
 Each row compiles the exact training step `train.py` would run on that topology (canonical clip,
 global batch = per-chip batch x chips), deviceless, with XLA's TPU compiler from libtpu
@@ -32,7 +32,7 @@ def parse_args(argv=None):
     p.add_argument("--precision", default="bf16", choices=("bf16", "fp32", "fp32-highest"))
     p.add_argument("--remat", action="store_true")
     p.add_argument("--largest-batch", default="", metavar="TOPOLOGY",
-                   help="also find the largest per-chip batch that fits one chip of this topology (e.g. v5e:1x1)")
+                   help="also find the largest per-chip batch that fits the chips of this topology (e.g. v5e:2x2, the smallest slice libtpu compiles for)")
     p.add_argument("--out", default="benchmarks/results")
     return p.parse_args(argv)
 
