@@ -96,13 +96,13 @@ def main() -> None:
                     continue
                 import cv2
 
-                for key, threads in (("opencv", -1), ("opencv_1thread", 1)):
-                    previous = cv2.getNumThreads()
-                    cv2.setNumThreads(threads if threads > 0 else previous)
+                default_threads = cv2.getNumThreads()
+                for key, threads in (("opencv", default_threads), ("opencv_1thread", 1)):
+                    cv2.setNumThreads(threads)
                     start = time.perf_counter()
                     reference = opencv_flow(frames)
                     times[key].append(time.perf_counter() - start)
-                    cv2.setNumThreads(previous)
+                cv2.setNumThreads(default_threads)
             row = {"size": size, "video": name, "pairs": args.batch, "backend": jax.default_backend(),
                    "ours_pairs_per_s": args.batch / statistics.median(times["ours"])}
             if reference is not None:

@@ -102,8 +102,14 @@ def model_input(modality: str, clip: jax.Array, normalization: Normalization, pa
         return clip
     if modality == "flow":
         return flow_input(clip, params, mesh)
-    mean, std = jnp.asarray(normalization.mean, jnp.float32), jnp.asarray(normalization.std, jnp.float32)
-    return {"rgb": (clip[:, :-1].astype(jnp.float32) - mean) / std, "flow": flow_input(clip, params, mesh)}
+    return {"rgb": rgb_input(clip.astype(jnp.float32), normalization), "flow": flow_input(clip, params, mesh)}
+
+
+def rgb_input(clip, normalization: Normalization):
+    """The RGB stream's input from a (B, T + 1, H, W, 3) clip in [0, 1] (numpy or JAX): its first T
+    frames normalised by `normalization`."""
+    mean, std = np.asarray(normalization.mean, np.float32), np.asarray(normalization.std, np.float32)
+    return (clip[:, :-1] - mean) / std
 
 
 def input_function(modality: str, normalization: Normalization, params: TVL1 = TVL1(),
@@ -116,13 +122,18 @@ def input_function(modality: str, normalization: Normalization, params: TVL1 = T
     return lambda clip: model_input(modality, clip, normalization, params, mesh)
 
 
+def check_fusion(fusion: str) -> None:
+    """ValueError naming the choices when `fusion` is not one of FUSIONS."""
+    if fusion not in FUSIONS:
+        raise ValueError(f"fusion must be one of {', '.join(FUSIONS)}, got {fusion!r}")
+
+
 def fuse(rgb_logits: jax.Array, flow_logits: jax.Array, fusion: str = "logits") -> jax.Array:
     """Late fusion of two streams' logits (see the module docstring)."""
+    check_fusion(fusion)
     if fusion == "logits":
         return rgb_logits + flow_logits
-    if fusion == "softmax":
-        return jnp.log(0.5 * (jax.nn.softmax(rgb_logits, axis=-1) + jax.nn.softmax(flow_logits, axis=-1)))
-    raise ValueError(f"fusion must be one of {', '.join(FUSIONS)}, got {fusion!r}")
+    return jnp.log(0.5 * (jax.nn.softmax(rgb_logits, axis=-1) + jax.nn.softmax(flow_logits, axis=-1)))
 
 
 class TwoStream(nnx.Module):
@@ -134,7 +145,7 @@ class TwoStream(nnx.Module):
     """
 
     def __init__(self, rgb: nnx.Module, flow: nnx.Module, fusion: str = "logits"):
-        fuse(jnp.zeros(1), jnp.zeros(1), fusion)  # checks the name
+        check_fusion(fusion)
         if getattr(flow, "in_channels", 2) != 2:
             raise ValueError(f"the flow stream must take 2 input channels, it takes {flow.in_channels}")
         self.rgb, self.flow, self.fusion = rgb, flow, fusion
@@ -171,13 +182,9 @@ class TwoStreamPredictor:
         self.model, self.weights, self.spec, self.recipe = rgb.model, rgb.weights, rgb.spec, rgb.recipe
         self.normalization, self.modality = rgb.normalization, "two-stream"
 
-    def _rgb_views(self, views: np.ndarray) -> np.ndarray:
-        mean, std = np.asarray(self.normalization.mean, np.float32), np.asarray(self.normalization.std, np.float32)
-        return (views[:, :-1] - mean) / std
-
     def stream_logits(self, views: np.ndarray) -> dict[str, np.ndarray]:
         """{"rgb", "flow", "fused"}: (V, num_classes) float32 logits of V views."""
-        rgb = self.rgb.logits(self._rgb_views(views))
+        rgb = self.rgb.logits(rgb_input(views, self.normalization))
         flow = self.flow.logits(views)
         return {"rgb": rgb, "flow": flow, "fused": np.asarray(fuse(rgb, flow, self.fusion))}
 
@@ -187,4 +194,5 @@ class TwoStreamPredictor:
 
     def features(self, views: np.ndarray) -> np.ndarray:
         """(V, F_rgb + F_flow) float32: the two streams' features side by side, RGB first."""
-        return np.concatenate([self.rgb.features(self._rgb_views(views)), self.flow.features(views)], axis=1)
+        rgb = self.rgb.features(rgb_input(views, self.normalization))
+        return np.concatenate([rgb, self.flow.features(views)], axis=1)

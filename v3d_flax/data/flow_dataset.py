@@ -1,9 +1,8 @@
 """Precompute TV-L1 flow of a video dataset into a tfds dataset: `python -m v3d_flax.data flow SOURCE NAME`.
 
-For runs whose device time is better spent on the network than on TV-L1 (a CPU run trains a flow
-network about 3x faster from precomputed flow): every video of SOURCE's training and evaluation
-splits is decoded, its flow between consecutive frames computed with `v3d_flax.flow` (OpenCV's
-TV-L1 at its defaults) and stored as uint8 127 + round(127 f / 20) per component
+For runs whose device time is better spent on the network than on TV-L1 (CPU runs above all):
+every video of SOURCE's training and evaluation splits is decoded, its flow between consecutive
+frames computed with `v3d_flax.flow` (OpenCV's TV-L1 at its defaults) and stored as uint8 127 + round(127 f / 20) per component
 (`v3d_flax.flow.quantize_flow`: clipped to I3D's 20 pixels, one level 0.16 px) in a feature `flow` of
 shape (T - 1, H, W, 2). `train.py --modality flow --dataset NAME` reads it: the pipeline resizes,
 crops and flips the flow as it would frames (resizing scales the vectors, mirroring negates x) and
