@@ -23,6 +23,9 @@ LAYERS = [
     ("r2+1d spatial 1x3x3 64->144", (4, 8, 56, 56, 64), (1, 3, 3), 144, (1, 1, 1), 1),
     ("r2+1d temporal 3x1x1 144->64", (4, 8, 56, 56, 144), (3, 1, 1), 64, (1, 1, 1), 1),
     ("stem 3->64 3x7x7 s1,2,2", (4, 8, 112, 112, 3), (3, 7, 7), 64, (1, 2, 2), 1),
+    ("r50 1x1x1 256->64 8x28x28", (4, 8, 28, 28, 256), (1, 1, 1), 64, (1, 1, 1), 1),
+    ("r50 1x1x1 s2 512->1024 4x28x28", (4, 4, 28, 28, 512), (1, 1, 1), 1024, (1, 2, 2), 1),
+    ("r3d tiny 512->512 1x4x4", (4, 1, 4, 4, 512), (3, 3, 3), 512, (1, 1, 1), 1),
     ("x3d depthwise 108 13x28x28", (4, 13, 28, 28, 108), (3, 3, 3), 108, (1, 1, 1), 108),
     ("x3d depthwise s2 54 13x56x56", (4, 13, 56, 56, 54), (3, 3, 3), 54, (1, 2, 2), 54),
 ]
@@ -39,7 +42,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--impls", default="lax,time2d,time2d_lax_grad,im2col,shift_add")
+    p.add_argument("--impls", default="auto,lax,time2d,time2d_lax_grad,im2col,shift_add,onednn")
     p.add_argument("--layers", default="", help="comma-separated substrings selecting layers")
     args = p.parse_args(argv)
     import jax
@@ -62,15 +65,17 @@ def main(argv=None):
         x, k = jnp.asarray(x_np), jnp.asarray(k_np)
         fns = {}
         for impl in impls:
-            chosen = conv_ops.select_impl(x, k, strides=strides, groups=groups, dilation=(1, 1, 1), impl=impl)
-            if chosen != impl:
+            chosen = conv_ops.select_impl(x, k, strides=strides, groups=groups, dilation=(1, 1, 1), impl=impl,
+                                          padding=pads)
+            if chosen != impl and impl != "auto":
                 continue
             f = lambda x, k, impl=impl: conv_ops.conv3d(x, k, strides=strides, padding=pads, groups=groups, impl=impl)
             fwd = jax.jit(f)
             bwd = jax.jit(jax.grad(lambda x, k, f=f: jnp.sum(f(x, k) ** 2), argnums=(0, 1)))
             fwd(x, k).block_until_ready()
             jax.block_until_ready(bwd(x, k))
-            fns[impl] = (lambda fwd=fwd: fwd(x, k).block_until_ready(),
+            label = f"auto ({chosen})" if impl == "auto" else impl
+            fns[label] = (lambda fwd=fwd: fwd(x, k).block_until_ready(),
                          lambda bwd=bwd: jax.block_until_ready(bwd(x, k)))
         tx = torch.from_numpy(np.ascontiguousarray(x_np.transpose(0, 4, 1, 2, 3))).to(
             memory_format=torch.channels_last_3d).requires_grad_(True)

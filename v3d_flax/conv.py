@@ -32,6 +32,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from v3d_flax import onednn
 from v3d_flax.archfacts import check_conv_impl
 
 _DIMENSION_NUMBERS = ("NDHWC", "DHWIO", "NDHWC")
@@ -51,8 +52,12 @@ def conv3d(x: jax.Array, kernel: jax.Array, *, strides, padding, groups: int = 1
     if x.shape[-1] != kernel.shape[3] * groups or kernel.shape[4] % groups:
         raise ValueError(f"conv3d: x has {x.shape[-1]} channels, kernel {kernel.shape} with groups={groups} "
                          f"expects {kernel.shape[3] * groups} and output channels divisible by groups")
-    impl = select_impl(x, kernel, strides=strides, groups=groups, dilation=dilation, impl=impl)
+    impl = select_impl(x, kernel, strides=strides, groups=groups, dilation=dilation, impl=impl, padding=padding)
     args = dict(strides=strides, padding=padding, dilation=dilation)
+    if impl == "onednn":
+        if groups > 1 and groups == x.shape[-1]:
+            return conv3d_depthwise_onednn_grad(x, kernel, strides, padding, dilation)
+        return onednn.conv3d_onednn(x, kernel, groups=groups, **args)
     if impl == "shift_add":
         return conv3d_shift_add(x, kernel, **args)
     if impl == "im2col":
@@ -64,7 +69,7 @@ def conv3d(x: jax.Array, kernel: jax.Array, *, strides, padding, groups: int = 1
     return conv3d_lax(x, kernel, groups=groups, **args)
 
 
-def select_impl(x, kernel, *, strides, groups, dilation, impl: str = "auto") -> str:
+def select_impl(x, kernel, *, strides, groups, dilation, impl: str = "auto", padding=((0, 0),) * 3) -> str:
     """The formulation `conv3d(..., impl=impl)` uses for these operands on the current backend."""
     requested = check_conv_impl(impl)
     depthwise = groups > 1 and groups == x.shape[-1]
@@ -76,11 +81,18 @@ def select_impl(x, kernel, *, strides, groups, dilation, impl: str = "auto") -> 
         return requested
     if requested in ("lax", "time2d"):
         return requested
+    if requested == "onednn" and _onednn_applies(x, kernel, padding):
+        return "onednn"
     if _platform(x) != "cpu":
         return "lax"
+    tiny_map = x.shape[2] * x.shape[3] <= 16
+    if _im2col_applies(strides, groups, dilation) and tiny_map:
+        return "im2col"
+    if _onednn_applies(x, kernel, padding):
+        return "onednn"
     if depthwise:
         return "shift_add"
-    if _im2col_applies(strides, groups, dilation) and (x.shape[2] * x.shape[3] <= 16 or x.shape[-1] <= 4):
+    if _im2col_applies(strides, groups, dilation) and x.shape[-1] <= 4:
         return "im2col"
     return "time2d_lax_grad" if _lax_grad_applies(kernel, strides, groups) else "time2d"
 
@@ -93,6 +105,10 @@ def _platform(x) -> str:
         return next(iter(x.devices())).platform
     except Exception:
         return jax.default_backend()
+
+
+def _onednn_applies(x, kernel, padding) -> bool:
+    return _platform(x) == "cpu" and onednn.applies(x, kernel, padding=padding) and onednn.available()
 
 
 def _lax_grad_applies(kernel, strides, groups) -> bool:
@@ -179,6 +195,33 @@ def _time2d_lax_grad_bwd(strides, padding, dilation, groups, residuals, cotangen
 
 
 conv3d_time2d_lax_grad.defvjp(_time2d_lax_grad_fwd, _time2d_lax_grad_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def conv3d_depthwise_onednn_grad(x, kernel, strides, padding, dilation):
+    """Depthwise conv: `conv3d_shift_add`'s forward (oneDNN 3.2 has no fast 3D depthwise forward), the
+    backward by oneDNN, except dx of a stride-1 conv, which is the depthwise conv of the cotangent
+    with the flipped kernel (shift_add again). Reverse-mode only (a `jax.custom_vjp`)."""
+    return conv3d_shift_add(x, kernel, strides=strides, padding=padding, dilation=dilation)
+
+
+def _depthwise_onednn_grad_fwd(x, kernel, strides, padding, dilation):
+    return conv3d_depthwise_onednn_grad(x, kernel, strides, padding, dilation), (x, kernel)
+
+
+def _depthwise_onednn_grad_bwd(strides, padding, dilation, residuals, cotangent):
+    x, kernel = residuals
+    flip_pads = tuple((k - 1 - lo, k - 1 - hi) for k, (lo, hi) in zip(kernel.shape[:3], padding))
+    by_flip = (strides == (1, 1, 1) and dilation == (1, 1, 1) and kernel.shape[4] == x.shape[-1]
+               and min(p for pair in flip_pads for p in pair) >= 0)
+    dx, dk = onednn.conv3d_onednn_grad(x, kernel, cotangent, strides=strides, padding=padding, dilation=dilation,
+                                       groups=x.shape[-1], need_x=not by_flip)
+    if by_flip:
+        dx = conv3d_shift_add(cotangent, kernel[::-1, ::-1, ::-1], strides=strides, padding=flip_pads)
+    return dx, dk
+
+
+conv3d_depthwise_onednn_grad.defvjp(_depthwise_onednn_grad_fwd, _depthwise_onednn_grad_bwd)
 
 
 def conv3d_im2col(x: jax.Array, kernel: jax.Array, *, padding) -> jax.Array:
