@@ -54,8 +54,11 @@ def parse_args(argv=None):
                    help="plan the remat search for one chip of this TPU topology (e.g. v5e:2x2, v4:2x2x1), "
                         "compiled deviceless with libtpu; default: this machine")
     p.add_argument("--conv-impl", default="auto", metavar="NAME",
-                   help="conv formulation of every Flax conv: auto (default), lax, time2d, time2d_lax_grad, "
-                        "im2col or shift_add (v3d_flax.conv); --remat-tpu plans with lax unless one is named")
+                   help="conv formulation of every Flax conv: auto (default), xla, lax, time2d, time2d_lax_grad, "
+                        "im2col, shift_add or onednn (v3d_flax.conv); --remat-tpu plans with lax unless one is named")
+    p.add_argument("--baseline-impl", default="", metavar="NAME",
+                   help="also time Flax with this conv formulation (e.g. xla: without oneDNN) in the same rounds; "
+                        "the table adds its ratio")
     p.add_argument("--render", default="", metavar="JSON",
                    help="rewrite the .md and .json of this earlier run from its own measurements, then exit")
     p.add_argument("--out", default="benchmarks/results")
@@ -110,6 +113,8 @@ def main(argv=None):
 
     try:
         check_conv_impl(args.conv_impl, "--conv-impl")
+        if args.baseline_impl:
+            check_conv_impl(args.baseline_impl, "--baseline-impl")
     except ValueError as e:
         sys.exit(str(e))
 

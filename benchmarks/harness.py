@@ -27,7 +27,8 @@ def describe_machine(args) -> str:
     dev = jax.devices()[0].device_kind if args.device == "gpu" else f"{cpu_name()}, {os.cpu_count()} cores"
     return (f"{dev}; jax {jax.__version__} ({jax.default_backend()}), torch {torch.__version__} "
             f"({args.threads} threads); {args.dtype}; batch {args.batch}; {args.rounds} alternating rounds x "
-            f"{args.steps} step(s), medians; conv impl {args.conv_impl}")
+            f"{args.steps} step(s), medians; conv impl {args.conv_impl}"
+            + (f" (baseline {args.baseline_impl})" if getattr(args, "baseline_impl", "") else ""))
 
 
 def _sync(args):
@@ -225,6 +226,8 @@ def torch_steps(name, clip, batch, args, *, compile_model=False):
 def bench_model(name, clip, args, peak) -> dict:
     """Alternating timing of every framework variant for one model and clip; one table row."""
     variants = {"flax": flax_steps(name, clip, args.batch, args)}
+    if getattr(args, "baseline_impl", ""):
+        variants["flax_baseline"] = flax_steps(name, clip, args.batch, args, conv_impl=args.baseline_impl)
     variants["torch"] = torch_steps(name, clip, args.batch, args)
     if args.torch_compile:
         try:
@@ -249,6 +252,8 @@ def bench_model(name, clip, args, peak) -> dict:
         row[f"{v}_{m}_compile_s"] = variants[v][m]["compile_s"]
     for m in modes:
         row[f"{m}_ratio"] = row["torch_" + m + "_s"] / row["flax_" + m + "_s"]
+        if "flax_baseline_" + m + "_s" in row:
+            row[f"{m}_ratio_baseline"] = row["flax_baseline_" + m + "_s"] / row["flax_" + m + "_s"]
         if "torch.compile_" + m + "_s" in row:
             row[f"{m}_ratio_compile"] = row["torch.compile_" + m + "_s"] / row["flax_" + m + "_s"]
         row[f"xla_{m}_gflop_per_clip"] = variants["flax"][m]["flops"] / args.batch / 1e9  # for reference only
@@ -351,7 +356,9 @@ def format_row(row) -> str:
     for m in ("train", "infer"):
         if f"{m}_ratio" in row:
             parts.append(f"{m} flax {row[f'flax_{m}_clips_s']:.2f} vs torch {row[f'torch_{m}_clips_s']:.2f} clips/s "
-                         f"= {row[f'{m}_ratio']:.2f}x;")
+                         f"= {row[f'{m}_ratio']:.2f}x"
+                         + (f" ({row[f'{m}_ratio_baseline']:.2f}x vs baseline)" if f"{m}_ratio_baseline" in row else "")
+                         + ";")
     return " ".join(parts)
 
 
@@ -375,7 +382,11 @@ def markdown(rows, machine, peak, args, remat) -> str:
         ratio_t = _f(tr("train_ratio"), "{:.2f}x")
         if tr("train_ratio_compile") is not None:
             ratio_t += f" ({tr('train_ratio_compile'):.2f}x vs compile)"
+        if tr("train_ratio_baseline") is not None:
+            ratio_t += f" ({tr('train_ratio_baseline'):.2f}x vs {args.baseline_impl})"
         ratio_i = _f(tr("infer_ratio"), "{:.2f}x")
+        if tr("infer_ratio_baseline") is not None:
+            ratio_i += f" ({tr('infer_ratio_baseline'):.2f}x vs {args.baseline_impl})"
         if tr("infer_ratio_compile") is not None:
             ratio_i += f" ({tr('infer_ratio_compile'):.2f}x vs compile)"
         lines.append(" | ".join([

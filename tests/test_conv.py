@@ -8,7 +8,7 @@ import pytest
 from flax import nnx
 
 from v3d_flax import conv as conv_ops
-from v3d_flax import layers
+from v3d_flax import layers, onednn
 
 # (x shape NDHWC, kernel DHWIO, strides, padding, groups, dilation)
 CASES = [
@@ -48,8 +48,12 @@ def _applies(impl, case):
     return True
 
 
+def _onednn_runs() -> bool:
+    return jax.default_backend() == "cpu" and onednn.available()
+
+
 # Every formulation that is not XLA's own conv, on every case it covers; "auto" as CPU picks it.
-IMPL_CASES = [(impl, case) for impl in ("auto", "time2d", "time2d_lax_grad", "im2col", "shift_add")
+IMPL_CASES = [(impl, case) for impl in ("auto", "xla", "time2d", "time2d_lax_grad", "im2col", "shift_add", "onednn")
               for case in CASES if _applies(impl, case)]
 
 
@@ -57,13 +61,15 @@ IMPL_CASES = [(impl, case) for impl in ("auto", "time2d", "time2d_lax_grad", "im
 @pytest.mark.parametrize("impl,case", IMPL_CASES,
                          ids=[f"{i}-x{c[0]}k{c[1]}s{c[2]}g{c[4]}d{c[5]}" for i, c in IMPL_CASES])
 def test_formulation_equals_lax_forward_and_gradients(impl, case):
+    if impl == "onednn" and not _onednn_runs():
+        pytest.skip("oneDNN convs run on CPU only, where the extension builds")
     _, _, strides, padding, groups, dilation = case
     x, k = _operands(case)
     kw = dict(strides=strides, padding=padding, groups=groups, dilation=dilation)
     ref = lambda x, k: conv_ops.conv3d_lax(x, k, **kw)
     with jax.default_matmul_precision("float32"):
         f = lambda x, k: conv_ops.conv3d(x, k, **kw, impl=impl)
-        assert impl == "auto" or conv_ops.select_impl(x, k, strides=strides, groups=groups,
+        assert impl in ("auto", "xla") or conv_ops.select_impl(x, k, strides=strides, groups=groups,
                                                       dilation=dilation, impl=impl) == impl
 
         @jax.jit  # one compile for both formulations, forward and gradients
@@ -82,14 +88,26 @@ def test_auto_selection_on_cpu():
     x = jnp.zeros((1, 4, 16, 16, 8))
     sel = lambda k, groups=1, strides=(1, 1, 1), impl="auto": conv_ops.select_impl(
         x, jnp.zeros(k), strides=strides, groups=groups, dilation=(1, 1, 1), impl=impl)
-    assert jax.default_backend() == "cpu"
+    assert jax.default_backend() == "cpu" and onednn.available()
+    for k, groups, strides in [((3, 3, 3, 8, 8), 1, (1, 1, 1)), ((3, 3, 3, 8, 8), 1, (2, 2, 2)),
+                               ((1, 1, 1, 8, 8), 1, (1, 1, 1)), ((3, 1, 1, 8, 8), 1, (1, 1, 1)),
+                               ((3, 3, 3, 1, 8), 8, (1, 1, 1)), ((3, 3, 3, 2, 8), 4, (1, 2, 2))]:
+        assert sel(k, groups, strides) == "onednn"
+    assert conv_ops.select_impl(jnp.zeros((1, 4, 4, 4, 8)), jnp.zeros((3, 3, 3, 8, 8)), strides=(1, 1, 1),
+                                groups=1, dilation=(1, 1, 1)) == "im2col"  # a map of 16 pixels
+    assert conv_ops.select_impl(x.astype(jnp.float16), jnp.zeros((3, 3, 3, 8, 8), jnp.float16), strides=(1, 1, 1),
+                                groups=1, dilation=(1, 1, 1)) == "time2d_lax_grad"  # oneDNN: f32, bf16 only
+    # "xla": auto's choice without oneDNN
+    sel = lambda k, groups=1, strides=(1, 1, 1), impl="xla": conv_ops.select_impl(
+        x, jnp.zeros(k), strides=strides, groups=groups, dilation=(1, 1, 1), impl=impl)
     assert sel((3, 3, 3, 1, 8), groups=8) == "shift_add"
     assert sel((3, 3, 3, 8, 8)) == sel((1, 3, 3, 8, 8)) == "time2d_lax_grad"  # stride 1, spatial kernel
     assert sel((3, 3, 3, 8, 8), strides=(2, 2, 2)) == sel((3, 1, 1, 8, 8)) == "time2d"
     assert conv_ops.select_impl(jnp.zeros((1, 4, 16, 16, 3)), jnp.zeros((3, 7, 7, 3, 8)), strides=(1, 1, 1),
-                                groups=1, dilation=(1, 1, 1)) == "im2col"
+                                groups=1, dilation=(1, 1, 1), impl="xla") == "im2col"
     assert sel((3, 3, 3, 1, 8), groups=8, impl="lax") == "lax"
-    assert sel((3, 3, 3, 8, 8), impl="shift_add") == "time2d_lax_grad"  # not a depthwise conv: auto's pick
+    assert conv_ops.select_impl(x, jnp.zeros((3, 3, 3, 8, 8)), strides=(1, 1, 1), groups=1, dilation=(1, 1, 1),
+                                impl="shift_add") == "onednn"  # not a depthwise conv: auto's pick
     assert sel((3, 3, 3, 8, 8), impl="time2d") == "time2d"
 
 
@@ -111,14 +129,14 @@ def test_conv3d_layer_computes_with_its_impl_field_and_set_conv_impl_changes_it(
     assert [m.impl for m in model] == ["time2d", "time2d"]
     assert _conv_primitives(conv, x) == [("conv_general_dilated", 4)] * 3  # one 2D conv per temporal tap
     np.testing.assert_allclose(np.asarray(conv(x)), np.asarray(want), rtol=1e-4, atol=1e-4)
-    layers.set_conv_impl(model, "auto")  # on CPU: time2d_lax_grad, a custom_vjp around the 2D convs
+    layers.set_conv_impl(model, "auto")  # on CPU: onednn, a custom_vjp around oneDNN's custom call
     assert _conv_primitives(conv, x) == [("custom_vjp_call", 5)]
 
 
 def test_unknown_conv_impl_is_refused_with_the_choices():
     x, k = jnp.zeros((1, 4, 8, 8, 4)), jnp.zeros((3, 3, 3, 4, 4))
     model = layers.Sequential([layers.Conv3d(4, 4, 3, padding=1, rngs=nnx.Rngs(0))])
-    with pytest.raises(ValueError, match=r"set_conv_impl: unknown conv implementation 'fast'; expected one of auto, lax"):
+    with pytest.raises(ValueError, match=r"set_conv_impl: unknown conv implementation 'fast'; expected one of auto, xla, lax"):
         layers.set_conv_impl(model, "fast")
     assert model[0].impl == "auto"
     with pytest.raises(ValueError, match=r"Conv3d\(impl=...\): unknown conv implementation"):

@@ -25,7 +25,7 @@ def conv_param_counts(in_channels: int, out_channels: int, kernel: int = 3) -> d
 
 # The formulations `v3d_flax.conv.conv3d` implements: "auto" picks per backend and shape, the others
 # force one where it applies.
-CONV_IMPLS = ("auto", "lax", "time2d", "time2d_lax_grad", "im2col", "shift_add", "onednn")
+CONV_IMPLS = ("auto", "xla", "lax", "time2d", "time2d_lax_grad", "im2col", "shift_add", "onednn")
 
 
 def check_conv_impl(name: str, where: str = "conv impl") -> str:

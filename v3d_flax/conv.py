@@ -17,7 +17,14 @@ autodiff, backward); they differ only in speed, which depends on the backend:
                on tiny spatial maps or 3-channel inputs, where XLA:CPU's conv is pathological.
 - "shift_add": depthwise (groups == C_in) conv as kT*kH*kW shifted multiply-adds; XLA:CPU's
                `feature_group_count` conv is far slower on such convs.
+- "onednn":    oneDNN's convolutions (the library PyTorch's CPU convs call) as XLA custom calls
+               (`v3d_flax.onednn`), float32 and bfloat16, on CPU where the extension builds; depthwise
+               convs keep "shift_add"'s forward (oneDNN 3.2's 3D depthwise forward is slow) with
+               oneDNN's backward. Reverse-mode only (a `jax.custom_vjp`). "auto" on CPU where available,
+               except stride-1 convs on maps of at most 16 pixels ("im2col" trains faster there).
 - "auto":      per backend and shape (see `select_impl`); the default.
+- "xla":       "auto"'s choice among XLA's own formulations, never oneDNN (the fallback where the
+               oneDNN extension is unavailable).
 
 The formulation is an argument: `conv3d(..., impl=name)`, which `v3d_flax.layers.Conv3d` passes
 from its `impl` field (`v3d_flax.layers.set_conv_impl(model, name)` sets it on a built model).
@@ -88,7 +95,7 @@ def select_impl(x, kernel, *, strides, groups, dilation, impl: str = "auto", pad
     tiny_map = x.shape[2] * x.shape[3] <= 16
     if _im2col_applies(strides, groups, dilation) and tiny_map:
         return "im2col"
-    if _onednn_applies(x, kernel, padding):
+    if requested != "xla" and _onednn_applies(x, kernel, padding):
         return "onednn"
     if depthwise:
         return "shift_add"

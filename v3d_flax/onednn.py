@@ -155,8 +155,7 @@ def _output_shape(x_shape, kernel_shape, strides, padding, dilation):
 
 
 def _ffi(name, first, second, result_shape, dtype, geometry):
-    call = jax.ffi.ffi_call(f"v3d_onednn_{name}", jax.ShapeDtypeStruct(result_shape, dtype),
-                            vmap_method="sequential")
+    call = jax.ffi.ffi_call(f"v3d_onednn_{name}", jax.ShapeDtypeStruct(result_shape, dtype))
     return call(first, second, **_attrs(*geometry))
 
 
@@ -260,6 +259,24 @@ def _sharded(geometry, x_tail, kernel_shape):
     def backward_weights(x, dy):
         return _ffi("backward_weights", x, dy, kernel_shape, x.dtype, geometry)
 
-    return (_batch_partitioned(forward, "b d h w c, p q r i o -> b e f g k"),
-            _batch_partitioned(backward_data, "b e f g k, p q r i o -> b d h w c"),
-            _batch_partitioned(backward_weights, "b d h w c, b e f g k -> p q r i o", batch_reduced=True))
+    return (_vmappable(_batch_partitioned(forward, "b d h w c, p q r i o -> b e f g k")),
+            _vmappable(_batch_partitioned(backward_data, "b e f g k, p q r i o -> b d h w c")),
+            _vmappable(_batch_partitioned(backward_weights, "b d h w c, b e f g k -> p q r i o", batch_reduced=True),
+                       fold=False))
+
+
+def _vmappable(fn, fold=True):
+    """`fn(a, b)` under `jax.vmap` (custom_partitioning has no batching rule of its own): with only `a`
+    mapped and `fold`, the mapped axis is folded into the batch (one call); otherwise one call per
+    mapped element (`lax.map`)."""
+    mapped = jax.custom_batching.custom_vmap(fn)
+
+    @mapped.def_vmap
+    def rule(axis_size, in_batched, a, b):
+        if fold and in_batched[0] and not in_batched[1]:
+            out = fn(a.reshape(-1, *a.shape[2:]), b)
+            return out.reshape(axis_size, -1, *out.shape[1:]), True
+        a, b = (v if batched else jnp.broadcast_to(v, (axis_size, *v.shape)) for v, batched in zip((a, b), in_batched))
+        return jax.lax.map(lambda ab: fn(*ab), (a, b)), True
+
+    return mapped
