@@ -44,7 +44,11 @@ def main(argv=None):
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--impls", default="auto,lax,time2d,time2d_lax_grad,im2col,shift_add,onednn")
     p.add_argument("--layers", default="", help="comma-separated substrings selecting layers")
+    p.add_argument("--thread-check", action="store_true",
+                   help="only measure whether oneDNN's threads slow the XLA work that follows them")
     args = p.parse_args(argv)
+    if args.thread_check:
+        return thread_check(args.rounds)
     import jax
     import jax.numpy as jnp
     import torch
@@ -105,6 +109,32 @@ def main(argv=None):
             mf, mb = float(np.median(vf)), float(np.median(vb))
             print(f"| {name} | {n} | {mf * 1e3:.1f} | {flops / mf / 1e9:.0f} | {tf / mf:.2f}x | {mb * 1e3:.1f} | "
                   f"{tb / mb:.2f}x |", flush=True)
+
+
+def thread_check(rounds: int) -> None:
+    """An XLA matmul timed alone, a oneDNN conv alone, and the two in one jitted program (the matmul
+    waits for the conv); extra = both - conv - matmul, the cost of the thread runtimes meeting."""
+    import jax
+    import jax.numpy as jnp
+    from v3d_flax import conv as conv_ops, onednn
+    rng = np.random.default_rng(0)
+    a = jnp.asarray(rng.standard_normal((1024, 1024), dtype=np.float32))
+    x = jnp.asarray(rng.standard_normal((4, 8, 56, 56, 64), dtype=np.float32))
+    k = jnp.asarray(rng.standard_normal((3, 3, 3, 64, 64), dtype=np.float32) * 0.05)
+    conv = lambda x: conv_ops.conv3d(x, k, strides=(1, 1, 1), padding=((1, 1),) * 3, impl="onednn")
+    matmuls = lambda a: a @ a @ a @ a
+    fns = {"matmul": jax.jit(matmuls), "conv": jax.jit(conv),
+           "conv then matmul": jax.jit(lambda x, a: matmuls(a * jnp.sum(conv(x)[0, 0, 0, 0, :1])))}
+    args = {"matmul": (a,), "conv": (x,), "conv then matmul": (x, a)}
+    times = {n: [] for n in fns}
+    for _ in range(rounds + 1):  # the first round compiles
+        for n, f in fns.items():
+            t0 = time.perf_counter()
+            jax.block_until_ready(f(*args[n]))
+            times[n].append(time.perf_counter() - t0)
+    med = {n: float(np.median(t[1:])) * 1e3 for n, t in times.items()}
+    print(f"oneDNN {onednn.version()}: " + ", ".join(f"{n} {v:.1f} ms" for n, v in med.items())
+          + f"; extra {med['conv then matmul'] - med['conv'] - med['matmul']:+.1f} ms")
 
 
 if __name__ == "__main__":
