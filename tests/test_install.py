@@ -52,6 +52,10 @@ def test_core_dependencies_exclude_tensorflow_and_torch():
     core = {_requirement_name(r) for r in PYPROJECT["project"]["dependencies"]}
     assert {"jax", "jaxlib", "flax", "numpy", "safetensors", "av"} <= core
     assert not core & {"torch", "tensorflow", "tensorflow-cpu", "tensorflow-datasets", "tensorboard", "matplotlib"}
+    # oneDNN's convolutions: the CPU-only GNU OpenMP build, on the one platform its wheels exist for
+    onednn = [r for r in PYPROJECT["project"]["dependencies"] if "onednn" in r]
+    assert {_requirement_name(r) for r in onednn} == {"onednn-cpu-gomp", "onednn-devel-cpu-gomp"}
+    assert all("sys_platform == 'linux'" in r and "platform_machine == 'x86_64'" in r for r in onednn)
     extras = PYPROJECT["project"]["optional-dependencies"]
     train = {_requirement_name(r) for r in extras["train"]}
     assert {"tensorflow-cpu", "tensorflow-datasets", "tensorboard", "matplotlib"} <= train

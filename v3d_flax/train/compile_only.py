@@ -197,7 +197,8 @@ def compile_train_step(config, topology: str) -> StepReport:
     spec = model_spec(config.model)
     clip = (config.num_frames, config.crop_size, config.crop_size)
     # "auto" would pick by the backend tracing runs on (this CPU); a TPU run's "auto" is XLA's own conv
-    conv_impl = "lax" if config.conv_impl == "auto" else config.conv_impl
+    # (and oneDNN's custom calls exist on CPU only)
+    conv_impl = "lax" if config.conv_impl in ("auto", "xla", "onednn") else config.conv_impl
     model = nnx.eval_shape(lambda: build_model(
         config.model, num_classes=spec.num_classes, num_frames=clip[0], crop_size=clip[1], seed=config.seed,
         remat=config.remat, dropout=config.dropout, conv_impl=conv_impl,
