@@ -27,6 +27,7 @@ from flax import nnx
 
 import v3d_flax
 import v3d_torch_ref
+from v3d_torch_ref.blocks import StochasticDepth
 from v3d_flax import port
 
 TOL = 1e-4
@@ -70,14 +71,14 @@ def _flax_inputs(inputs):
 def _torch_train_mode(model):
     model.train()
     for m in model.modules():  # dropout cannot share RNG streams across frameworks: keep it off
-        if isinstance(m, torch.nn.Dropout):
+        if isinstance(m, (torch.nn.Dropout, StochasticDepth)):
             m.eval()
 
 
 def _flax_train_mode(model):
     model.train()
     for _, m in nnx.iter_modules(model):
-        if isinstance(m, nnx.Dropout):
+        if isinstance(m, nnx.Dropout):  # transformer_layers.StochasticDepth too
             m.deterministic = True
 
 

@@ -293,16 +293,17 @@ def set_conv_impl(model: nnx.Module, impl: str) -> nnx.Module:
 
 
 class Linear(nnx.Linear):
-    """`nnx.Linear` with torchvision's init and an optional torch flatten layout.
+    """`nnx.Linear` with torchvision's init (N(0, 0.01); `kernel_init` to change it) and an optional torch
+    flatten layout.
 
     `torch_input_shape` records the (C, T, H, W) shape a torch model flattened to produce this
     layer's input; NDHWC models flatten (T, H, W, C) instead, so porting permutes the columns.
     """
 
     def __init__(self, in_features: int, out_features: int, *, use_bias: bool = True,
-                 torch_input_shape: tuple[int, ...] | None = None, rngs: nnx.Rngs):
+                 torch_input_shape: tuple[int, ...] | None = None, kernel_init=None, rngs: nnx.Rngs):
         super().__init__(in_features, out_features, use_bias=use_bias,
-                         kernel_init=NormalInit(0.01), bias_init=zeros_init, rngs=rngs)
+                         kernel_init=kernel_init or NormalInit(0.01), bias_init=zeros_init, rngs=rngs)
         self.torch_input_shape = torch_input_shape
 
     def __call__(self, x: jax.Array) -> jax.Array:

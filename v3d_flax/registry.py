@@ -58,6 +58,11 @@ class ModelSpec:
       pooled features only).
     - `cpu_defaults`: train.py settings for a CPU run that differ from the common ones.
     - `published`: the publisher's parameter / MAC counts.
+    - `resize_state`: "module:function" for models whose tensors follow the clip size (position
+      embeddings, relative position tables): `function(state, shapes) -> state` takes a torch-named
+      state_dict of numpy arrays and the shapes (`port.torch_shapes`) of the model built for another
+      clip, and returns it with those tensors interpolated to these shapes, the rest as they were; used by
+      `port.from_torch(..., resize=True)` and by `create_model(..., weights=..., num_frames=..., crop_size=...)`.
     - `weights`: its pretrained checkpoints (`v3d_flax.weights.Weights`), their recipe and normalisation
       filled in from this record where they give none; `get_weights(name)` finds one.
     """
@@ -76,6 +81,7 @@ class ModelSpec:
     feature_layers: tuple[str, ...] = ()
     cpu_defaults: Mapping[str, Any] = field(default_factory=dict)
     published: Published | None = None
+    resize_state: str | None = None
     weights: tuple = ()
 
     def __post_init__(self):

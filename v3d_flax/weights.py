@@ -141,6 +141,23 @@ _NOT_RECORDED = "not recorded in v3d: see the repository"
 TORCHVISION_PUBLISHER = dict(
     source="torchvision", repository="https://github.com/pytorch/vision", license=_NOT_RECORDED,
     file_format="PyTorch state_dict (torch.save, .pth), torchvision's key names")
+TORCHVISION_MODELS = "https://download.pytorch.org/models"
+
+
+def torchvision_weights(name: str, file: str, *, top1: float, top5: float, size_mb: float,
+                        dataset: str = "Kinetics-400", views: str = "5 clips, video-level", **fields) -> Weights:
+    """torchvision's weights `file` under download.pytorch.org/models (its name ends in the first 8 hex
+    digits of its SHA-256), with the figures of torchvision's weights metadata."""
+    notes = "; ".join(filter(None, (fields.pop("notes", ""), "class order: torchvision's Kinetics-400 categories "
+                                    "(alphabetical); v3d's kinetics400 list is DeepMind's label_map.txt, not "
+                                    "compared name by name with torchvision's")))
+    return Weights(name=name, files=(WeightsFile(f"{TORCHVISION_MODELS}/{file}",
+                                                 sha256=file.rsplit("-", 1)[1].split(".")[0]),),
+                   dataset=dataset, num_classes=400, classes="kinetics400", size_mb=size_mb,
+                   metrics=(Metrics(f"{dataset} val", views, "torchvision's weights metadata", top1, top5),),
+                   notes=notes, **TORCHVISION_PUBLISHER, **fields)
+
+
 PYTORCHVIDEO_ZOO = "https://dl.fbaipublicfiles.com/pytorchvideo/model_zoo"
 PYTORCHVIDEO_PUBLISHER = dict(
     source="pytorchvideo", repository="https://github.com/facebookresearch/pytorchvideo", license=_NOT_RECORDED,

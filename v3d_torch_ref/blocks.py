@@ -7,10 +7,12 @@
   MC3) or (2+1)D ("2plus1d"); `downsample_temporal=False` keeps the time axis when striding.
 - `FramewiseConv2d`: a 2D conv applied to every frame independently (no motion seen).
 - `init_weights`: the torchvision / PyTorchVideo weight initialisation the reference models share.
+- `StochasticDepth`: torchvision's row-mode stochastic depth (the attention families' residual drop).
 """
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 from torch.nn import functional as F
 
@@ -120,3 +122,20 @@ class FramewiseConv2d(nn.Module):
         frames = x.transpose(1, 2).reshape(n * t, c, h, w)
         y = F.conv2d(frames, self.conv.weight[:, :, 0], self.conv.bias, self.conv.stride[1:], self.conv.padding[1:])
         return y.reshape(n, t, *y.shape[1:]).transpose(1, 2)
+
+
+class StochasticDepth(nn.Module):
+    """torchvision's `StochasticDepth(p, "row")`: in training, zeroes the input for whole samples with
+    probability `p` and scales the rest by 1 / (1 - p); identity in eval mode or when p is 0."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        survival = 1.0 - self.p
+        noise = torch.empty((x.shape[0],) + (1,) * (x.ndim - 1), dtype=x.dtype, device=x.device)
+        noise.bernoulli_(survival)
+        return x * (noise / survival if survival > 0 else noise)

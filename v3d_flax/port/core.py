@@ -2,7 +2,7 @@
 
 The Flax models mirror the PyTorch reference module for module, so a Flax module at NNX path
 ("layer1", 0, "conv1", 0) is the torch module "layer1.0.conv1.0". Porting walks the Flax model's
-`Conv3d`, `Linear` and `BatchNorm` modules and converts each tensor with one of four transforms:
+`Conv3d`, `Linear`, `BatchNorm` and `LayerNorm` modules and converts each tensor with one of four transforms:
 
   conv kernel   torch (O, I, kT, kH, kW)  <->  Flax (kT, kH, kW, I, O)      transpose (2, 3, 4, 1, 0)
   linear        torch (out, in)           <->  Flax (in, out)               transpose; columns
@@ -10,6 +10,12 @@ The Flax models mirror the PyTorch reference module for module, so a Flax module
   batch norm    weight, bias, running_mean, running_var, num_batches_tracked
                 <-> scale, bias, mean, var, num_batches_tracked               as is
   bias          as is
+  layer norm    weight, bias <-> scale, bias                                 as is
+
+Any other module's own `nnx.Param`s (a class token, position tables) are torch `nn.Parameter`s of the
+same name and layout, copied as is. A module whose torch twin keeps persistent buffers that follow from
+its configuration (Swin's relative position index) lists them in a `torch_buffers()` method ({name:
+numpy array}): they are written on export and, on import, must be present and equal to the model's.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import numpy as np
 from flax import nnx
 
 from v3d_flax.layers import BatchNorm, Conv3d, Linear
+from v3d_flax.transformer_layers import LayerNorm
 from v3d_flax.port.sources import check_source
 
 CONV_TO_FLAX = (2, 3, 4, 1, 0)  # (O, I, kT, kH, kW) -> (kT, kH, kW, I, O)
@@ -163,8 +170,18 @@ def _module_slots(path: tuple, module: nnx.Module):
     elif isinstance(module, BatchNorm):
         for torch_name, flax_name in _BN_NAMES.items():
             yield f"{prefix}.{torch_name}", module, flax_name, "plain"
+    elif isinstance(module, LayerNorm):
+        yield f"{prefix}.weight", module, "scale", "plain"
+        yield f"{prefix}.bias", module, "bias", "plain"
     elif isinstance(module, (nnx.Conv, nnx.Linear, nnx.BatchNorm, nnx.LayerNorm)):
-        raise TypeError(f"{prefix}: use v3d_flax.layers' Conv3d/Linear/BatchNorm so the module can be ported")
+        raise TypeError(f"{prefix}: use v3d_flax.layers' Conv3d/Linear/BatchNorm or transformer_layers.LayerNorm "
+                        f"so the module can be ported")
+    else:  # a module's own parameters (a class token, position tables): torch nn.Parameters of its name
+        for name, value in vars(module).items():
+            if isinstance(value, (nnx.Param, nnx.BatchStat)):
+                yield (f"{prefix}.{name}" if prefix else name), module, name, "plain"
+    for name in getattr(module, "torch_buffers", lambda: {})():
+        yield (f"{prefix}.{name}" if prefix else name), module, name, "buffer"
 
 
 def _linear_to_flax(w: np.ndarray, module: Linear) -> np.ndarray:
@@ -240,7 +257,13 @@ def rename_keys(state_dict: Mapping[str, Any], source: str, arch: str | None) ->
 def torch_shapes(model: nnx.Module) -> dict[str, tuple[int, ...]]:
     """The state_dict keys and shapes the PyTorch twin of `model` has (abstract models from
     `nnx.eval_shape` work too: no weights are read)."""
-    return {key: _torch_shape(getattr(m, attr).get_value().shape, kind) for key, m, attr, kind in _param_slots(model)}
+    return {key: tuple(_slot_value(m, attr, kind).shape) if kind == "buffer"
+            else _torch_shape(getattr(m, attr).get_value().shape, kind) for key, m, attr, kind in _param_slots(model)}
+
+
+def _slot_value(module, attr: str, kind: str):
+    """A slot's Flax value: its variable, or for a "buffer" the array the module computes."""
+    return module.torch_buffers()[attr] if kind == "buffer" else getattr(module, attr)
 
 
 def from_torch(model: nnx.Module, state_dict: Mapping[str, Any], *, source: str = "v3d",
@@ -261,6 +284,13 @@ def from_torch(model: nnx.Module, state_dict: Mapping[str, Any], *, source: str 
         if key not in tensors:
             if not key.endswith(_OPTIONAL_KEYS):
                 report.missing.append(key)
+            continue
+        if kind == "buffer":  # computed from the configuration: the checkpoint's must be the same
+            expected = module.torch_buffers()[attr]
+            if tuple(tensors[key].shape) != expected.shape:
+                report.mismatched.append(f"{key} (checkpoint {tuple(tensors[key].shape)}, model {expected.shape})")
+            elif not np.array_equal(tensors[key], expected):
+                report.mismatched.append(f"{key} (its values differ from the model's configuration)")
             continue
         target = getattr(module, attr)
         expected = _torch_shape(target.get_value().shape, kind)
@@ -288,8 +318,10 @@ def to_torch(model: nnx.Module) -> dict[str, "Any"]:
 
     state = {}
     for key, module, attr, kind in _param_slots(model):
-        value = np.asarray(getattr(module, attr)[...])
-        if attr == "num_batches_tracked":
+        value = np.asarray(_slot_value(module, attr, kind)[...])
+        if kind == "buffer":
+            state[key] = torch.from_numpy(value.copy())
+        elif attr == "num_batches_tracked":
             state[key] = torch.tensor(int(value), dtype=torch.int64)
         else:
             state[key] = torch.from_numpy(np.ascontiguousarray(_flax_to_torch(value, module, kind)).copy())

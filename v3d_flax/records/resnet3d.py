@@ -2,7 +2,7 @@
 
 from v3d_flax.preprocessing import TORCHVISION_KINETICS, TORCHVISION_ROUNDING, Recipe
 from v3d_flax.registry import ModelSpec, Published, register_model
-from v3d_flax.weights import TORCHVISION_PUBLISHER, Metrics, Weights, WeightsFile
+from v3d_flax.weights import torchvision_weights
 
 # --- architecture: the tables and rules both frameworks' model files build from ---
 
@@ -30,26 +30,15 @@ _COMMON = dict(clip=(16, 112, 112), recipe=TORCHVISION_TEST, normalization=TORCH
                sources=("v3d", "torchvision"))
 
 
-
-def _torchvision_kinetics400(file: str, top1: float, top5: float, size_mb: float) -> Weights:
-    """torchvision's Kinetics-400 weights `file` (its name ends in the first 8 hex digits of its SHA-256)."""
-    return Weights(
-        name="kinetics400", files=(WeightsFile(f"https://download.pytorch.org/models/{file}",
-                                               sha256=file.rsplit("-", 1)[1].split(".")[0]),),
-        dataset="Kinetics-400", num_classes=400, classes="kinetics400", size_mb=size_mb,
-        metrics=(Metrics("Kinetics-400 val", "5 clips, video-level", "torchvision's weights metadata", top1, top5),),
-        notes="class order: torchvision's Kinetics-400 categories (alphabetical); v3d's kinetics400 list is "
-              "DeepMind's label_map.txt, not compared name by name with torchvision's", **TORCHVISION_PUBLISHER)
-
-
-# torchvision's Kinetics-400 files: (file, acc@1, acc@5, MB)
-_WEIGHTS = {"r3d_18": ("r3d_18-b3b3357e.pth", 63.200, 83.479, 127.4),
-            "mc3_18": ("mc3_18-a90a0ba3.pth", 63.960, 84.130, 44.7),
-            "r2plus1d_18": ("r2plus1d_18-91a641e6.pth", 67.463, 86.175, 120.3)}
+# torchvision's Kinetics-400 files, with its acc@1, acc@5 and file size (MB)
+_WEIGHTS = {"r3d_18": torchvision_weights("kinetics400", "r3d_18-b3b3357e.pth", top1=63.200, top5=83.479, size_mb=127.4),
+            "mc3_18": torchvision_weights("kinetics400", "mc3_18-a90a0ba3.pth", top1=63.960, top5=84.130, size_mb=44.7),
+            "r2plus1d_18": torchvision_weights("kinetics400", "r2plus1d_18-91a641e6.pth", top1=67.463, top5=86.175,
+                                               size_mb=120.3)}
 
 for _name, _published in (("r3d_18", (33_371_472, 40.70)), ("r3d_34", None), ("mc3_18", (11_695_440, 43.34)),
                           ("r2plus1d_18", (31_505_325, 40.52)), ("r2plus1d_34", None)):
     register_model(ModelSpec(
         name=_name, factory=f"v3d_flax.models.resnet3d:{_name}",
         published=Published(*_published, 400, "torchvision") if _published else None,
-        weights=(_torchvision_kinetics400(*_WEIGHTS[_name]),) if _name in _WEIGHTS else (), **_COMMON))
+        weights=(_WEIGHTS[_name],) if _name in _WEIGHTS else (), **_COMMON))
