@@ -295,6 +295,25 @@ def with_fresh_head(pretrained: nnx.Module, num_classes: int, rngs: nnx.Rngs, **
     return model
 
 
+def resized(pretrained: nnx.Module, **kwargs) -> nnx.Module:
+    """`pretrained` rebuilt with the factory arguments `kwargs` (another `num_frames`, `crop_size`, Swin's
+    `window_size`), its size-dependent tensors interpolated by its record's `resize_state` and every other
+    weight copied; in eval mode. PortError where a tensor cannot be fitted."""
+    from v3d_flax.checkpoints import blank_model
+    from v3d_flax.port import from_torch, torch_state
+    from v3d_flax.registry import model_spec
+
+    spec = model_spec(pretrained.arch)
+    head = spec.classifier.split(".")
+    layer = pretrained
+    for part in head:
+        layer = layer[int(part)] if part.isdigit() else getattr(layer, part)
+    model = blank_model(pretrained.arch, int(layer.kernel.get_value().shape[-1]), **kwargs)
+    from_torch(model, torch_state(pretrained), resize=True)
+    model.eval()
+    return model
+
+
 def load_pretrained(model: str, weights: Weights | str | os.PathLike, *, num_classes: int | None = None,
                     rngs: nnx.Rngs | None = None, source: str | None = None,
                     cache_dir: str | os.PathLike | None = None, offline: bool | None = None,
@@ -314,13 +333,17 @@ def load_pretrained(model: str, weights: Weights | str | os.PathLike, *, num_cla
     from flax import nnx
 
     from v3d_flax.checkpoints import flax_state, infer_num_classes, load_model
+    from v3d_flax.registry import model_spec
 
     found = resolve_weights(model, weights)
     if isinstance(found, Weights):
         if source is not None and source != found.source:
             raise ValueError(f"weights {found.name!r} are read with source {found.source!r}, not {source!r}")
-        pretrained = _load_record(model, found, kwargs, cache_dir=cache_dir, offline=offline, mirror=mirror,
-                                  progress=progress, timeout=timeout)
+        resizing = bool(kwargs) and model_spec(model).resize_state is not None
+        pretrained = _load_record(model, found, {} if resizing else kwargs, cache_dir=cache_dir, offline=offline,
+                                  mirror=mirror, progress=progress, timeout=timeout)
+        if resizing:  # the record's weights at their own size, then fitted to the model of `kwargs`
+            pretrained = resized(pretrained, **kwargs)
         kwargs, loaded_classes = {**found.model_kwargs, **kwargs}, found.num_classes
     else:
         pretrained = load_model(model, found, source=source or "v3d", **kwargs)

@@ -13,14 +13,14 @@ import importlib
 _LAZY = {
     "load_torch_checkpoint": "checkpoint", "unwrap_state_dict": "checkpoint",
     "PortError": "core", "PortReport": "core", "from_torch": "core", "rename_keys": "core", "to_torch": "core",
-    "torch_shapes": "core", "inflate_2d": "inflate", "from_tf_checkpoint": "tf_checkpoint",
+    "torch_shapes": "core", "torch_state": "core", "inflate_2d": "inflate", "from_tf_checkpoint": "tf_checkpoint",
     "identify_checkpoint": "identify", "load_weights": "load", "read_source": "load",
     "list_sources": "sources", "get_source": "sources", "sources_for": "sources",
 }
 
 __all__ = ["load_weights", "read_source", "list_sources", "get_source", "sources_for", "from_torch", "to_torch",
-           "load_torch_checkpoint", "unwrap_state_dict", "rename_keys", "torch_shapes", "PortError", "PortReport",
-           "from_tf_checkpoint", "inflate_2d", "identify_checkpoint"]
+           "torch_state", "load_torch_checkpoint", "unwrap_state_dict", "rename_keys", "torch_shapes", "PortError",
+           "PortReport", "from_tf_checkpoint", "inflate_2d", "identify_checkpoint"]
 
 
 def __getattr__(name: str):

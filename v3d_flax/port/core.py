@@ -266,17 +266,38 @@ def _slot_value(module, attr: str, kind: str):
     return module.torch_buffers()[attr] if kind == "buffer" else getattr(module, attr)
 
 
+def _resizer(arch: str | None):
+    """The record's `resize_state` function of model `arch`, or None."""
+    from v3d_flax.registry import list_models, model_spec
+
+    target = model_spec(arch).resize_state if arch in list_models() else None
+    if target is None:
+        return None
+    import importlib
+
+    module, name = target.split(":")
+    return getattr(importlib.import_module(module), name)
+
+
 def from_torch(model: nnx.Module, state_dict: Mapping[str, Any], *, source: str = "v3d",
-               strict: bool = True) -> PortReport:
+               strict: bool = True, resize: bool = False) -> PortReport:
     """Copy a PyTorch state_dict (torch tensors or numpy arrays) into the Flax `model` in place.
 
     `source` names a state_dict source (`v3d_flax.port.sources`): "v3d" for `v3d_torch_ref` models,
-    or a public checkpoint family (`port.load_weights` loads every kind of source). With `strict=True`, any missing, unexpected or mis-shaped key
-    raises `PortError` naming them all and leaves the model untouched; with `strict=False` the
-    keys that fit are loaded and a `PortReport` lists the rest.
+    or a public checkpoint family (`port.load_weights` loads every kind of source). With `strict=True`,
+    any missing, unexpected or mis-shaped key raises `PortError` naming them all and leaves the model
+    untouched; with `strict=False` the keys that fit are loaded and a `PortReport` lists the rest.
+    `resize=True`: a checkpoint of another clip (or window) size is fitted to this model by its record's
+    `resize_state` (position embeddings and relative position tables interpolated).
     """
     arch = getattr(model, "arch", None)
     tensors = {k: _to_numpy(v) for k, v in rename_keys(state_dict, source, arch).items()}
+    resizer = _resizer(arch)
+    if resize:
+        if resizer is None:
+            raise ValueError(f"from_torch(resize=True): {arch or type(model).__name__} has no size-dependent tensors "
+                             f"to interpolate (its record has no resize_state)")
+        tensors = resizer(tensors, torch_shapes(model))
     slots = list(_param_slots(model))
     report = PortReport()
     updates = []
@@ -302,8 +323,10 @@ def from_torch(model: nnx.Module, state_dict: Mapping[str, Any], *, source: str 
     known = {key for key, *_ in slots}
     report.unexpected = sorted(k for k in tensors if k not in known)
     if strict and report:
+        hint = ("; its position tables follow the clip size: from_torch(..., resize=True) interpolates them"
+                if report.mismatched and resizer is not None and not resize else "")
         raise PortError(f"state_dict does not match {arch or type(model).__name__} (source={source!r}): "
-                        + report.describe(), report)
+                        + report.describe() + hint, report)
     for target, value in updates:
         target[...] = jnp.asarray(value, dtype=target[...].dtype)
     return report
@@ -317,12 +340,18 @@ def to_torch(model: nnx.Module) -> dict[str, "Any"]:
     torch = require("torch", "port.to_torch (PyTorch tensors)")
 
     state = {}
-    for key, module, attr, kind in _param_slots(model):
-        value = np.asarray(_slot_value(module, attr, kind)[...])
-        if kind == "buffer":
-            state[key] = torch.from_numpy(value.copy())
-        elif attr == "num_batches_tracked":
+    for key, value in torch_state(model).items():
+        if key.endswith("num_batches_tracked"):
             state[key] = torch.tensor(int(value), dtype=torch.int64)
         else:
-            state[key] = torch.from_numpy(np.ascontiguousarray(_flax_to_torch(value, module, kind)).copy())
+            state[key] = torch.from_numpy(value)
+    return state
+
+
+def torch_state(model: nnx.Module) -> dict[str, np.ndarray]:
+    """`to_torch`'s state_dict as numpy arrays (no torch needed): torch names, layouts and key order."""
+    state = {}
+    for key, module, attr, kind in _param_slots(model):
+        value = np.asarray(_slot_value(module, attr, kind)[...])
+        state[key] = np.array(_flax_to_torch(value, module, kind), order="C", copy=True)  # 0-d stays 0-d
     return state
