@@ -47,7 +47,7 @@ def v3d_names(state: Mapping[str, Any], source: str, arch: str, **options) -> di
 
 
 def load_weights(model: nnx.Module, path_or_state: str | os.PathLike | Mapping[str, Any], *, source: str = "v3d",
-                 strict: bool = True, **options) -> PortReport:
+                 strict: bool = True, resize: bool = False, **options) -> PortReport:
     """Load a checkpoint of `source` (`port.list_sources()`) into `model` in place.
 
     `path_or_state` is a file (a PyTorch or safetensors file; for "deepmind-tf" a TensorFlow checkpoint
@@ -56,7 +56,8 @@ def load_weights(model: nnx.Module, path_or_state: str | os.PathLike | Mapping[s
     any missing, unexpected or mis-shaped tensor raises `PortError` and the model is untouched; with
     `strict=False` what fits is loaded and the returned `PortReport` lists the rest. `options` go to
     the source's loader: `scope=` ("RGB"/"Flow") for "deepmind-tf", `head=False` for "imagenet-2d"
-    (keep the 3D model's own classifier).
+    (keep the 3D model's own classifier). `resize=True` (PyTorch state_dict sources): fit a checkpoint of
+    another clip size by interpolating the position tables (`from_torch`'s `resize`).
     """
     found = check_source(source, getattr(model, "arch", None))
     state = path_or_state if isinstance(path_or_state, Mapping) else read_source(found, path_or_state)
@@ -70,4 +71,4 @@ def load_weights(model: nnx.Module, path_or_state: str | os.PathLike | Mapping[s
         return inflate_2d(model, state, source=found.name, strict=strict, **options)
     if options:
         raise TypeError(f"source {found.name!r} takes no options (got {', '.join(sorted(options))})")
-    return from_torch(model, state, source=found.name, strict=strict)
+    return from_torch(model, state, source=found.name, strict=strict, resize=resize)

@@ -73,9 +73,16 @@ def load_checkpoint_file(model: nnx.Module, path: str, *, source: str, classifie
     """Load the checkpoint file `path` of `source` (`v3d_flax.port.list_sources()`) into `model` in
     place; returns the classifier tensors left fresh because their shapes differ (empty when it fits).
 
-    PortError for missing or unexpected keys and for a mis-shaped tensor outside the classifier.
+    PortError for missing or unexpected keys and for a mis-shaped tensor outside the classifier. Position
+    tables that follow the clip size (MViT's) are interpolated to the run's clip (`ModelSpec.resize_state`).
     """
-    report = load_weights(model, path, source=source, strict=False)
+    from v3d_flax.port.sources import get_source
+    from v3d_flax.registry import list_models, model_spec
+
+    arch = getattr(model, "arch", None)
+    resize = (arch in list_models() and model_spec(arch).resize_state is not None
+              and get_source(source).kind == "state_dict")
+    report = load_weights(model, path, source=source, strict=False, resize=resize)
     head = set(classifier_keys(classifier))
     fresh = [entry for entry in report.mismatched if entry.split(" ", 1)[0] in head]
     wrong = PortReport(missing=report.missing, unexpected=report.unexpected,
