@@ -2,6 +2,7 @@
 
 import pickle
 
+import jax
 import numpy as np
 import pytest
 import torch
@@ -11,6 +12,7 @@ import v3d_flax
 import v3d_torch_ref
 from parity import flax_model_without_init
 from v3d_flax import port
+from v3d_flax.transformer_layers import LayerNorm
 
 TORCHVISION = ["r3d_18", "mc3_18", "r2plus1d_18"]
 
@@ -129,3 +131,50 @@ def test_c3d_fc6_columns_follow_the_flatten_order():
     for c, h, w in [(0, 0, 1), (7, 1, 0), (511, 1, 1)]:
         np.testing.assert_array_equal(k_f[(h * 2 + w) * 512 + c], w_t[:, c * 4 + h * 2 + w])
     assert torch.equal(port.to_torch(fm)["fc6.weight"], tm.fc6.weight.detach())
+
+
+class _Attention(nnx.Module):
+    """A module with its own parameter (a position table) and a buffer that follows its configuration."""
+
+    def __init__(self, size: int, rngs: nnx.Rngs):
+        self.size = size
+        self.table = nnx.Param(jax.random.normal(rngs.params(), (2 * size - 1, 2)))
+        self.qkv = v3d_flax.layers.Linear(2, 6, rngs=rngs)
+
+    def torch_buffers(self):
+        return {"index": np.arange(self.size * self.size, dtype=np.int64).reshape(self.size, self.size)}
+
+
+class _Tokens(nnx.Module):
+    def __init__(self, size: int, rngs: nnx.Rngs):
+        self.class_token = nnx.Param(jax.random.normal(rngs.params(), (2,)))
+        self.norm = LayerNorm(2)
+        self.attn = _Attention(size, rngs)
+
+
+def test_layer_norms_own_parameters_and_configuration_buffers_port_under_torch_names():
+    model = _Tokens(3, nnx.Rngs(0))
+    exported = port.to_torch(model)
+    assert {k: tuple(v.shape) for k, v in exported.items()} == port.torch_shapes(model) == {
+        "class_token": (2,), "norm.weight": (2,), "norm.bias": (2,), "attn.table": (5, 2), "attn.index": (3, 3),
+        "attn.qkv.weight": (6, 2), "attn.qkv.bias": (6,)}
+    assert exported["attn.index"].dtype == torch.int64
+    fresh = _Tokens(3, nnx.Rngs(1))
+    port.from_torch(fresh, exported)
+    assert np.array_equal(np.asarray(fresh.attn.table[...]), np.asarray(model.attn.table[...]))
+    assert np.array_equal(np.asarray(fresh.class_token[...]), exported["class_token"].numpy())
+
+    changed = dict(exported, **{"attn.index": exported["attn.index"].flip(0)})
+    with pytest.raises(port.PortError, match=r"attn.index \(its values differ from the model's configuration\)"):
+        port.from_torch(fresh, changed)
+    with pytest.raises(port.PortError, match=r"missing keys \(1\): attn.index"):
+        port.from_torch(fresh, {k: v for k, v in exported.items() if k != "attn.index"})
+    with pytest.raises(port.PortError, match=r"attn.table \(checkpoint \(5, 2\), model \(7, 2\)\)"):
+        port.from_torch(_Tokens(4, nnx.Rngs(0)), {k: v for k, v in exported.items() if k != "attn.index"},
+                        strict=True)
+
+
+def test_resize_needs_a_record_that_can_resize(r3d_pair):
+    tm, fm = r3d_pair
+    with pytest.raises(ValueError, match=r"r3d_18 has no size-dependent tensors to interpolate"):
+        port.from_torch(fm, tm.state_dict(), resize=True)
