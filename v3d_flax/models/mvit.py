@@ -183,10 +183,12 @@ class PositionalEncoding(nnx.Module):
 
     def __init__(self, dim: int, grid, absolute: bool, *, rngs: nnx.Rngs):
         self.class_token = nnx.Param(transformer_init(rngs.params(), (dim,)))
+
         def table(*shape):
             return nnx.Param(transformer_init(rngs.params(), shape)) if absolute else None
 
-        self.spatial_pos, self.temporal_pos, self.class_pos = table(grid[1] * grid[2], dim), table(grid[0], dim), table(dim)
+        self.spatial_pos, self.temporal_pos = table(grid[1] * grid[2], dim), table(grid[0], dim)
+        self.class_pos = table(dim)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         cls = jnp.broadcast_to(self.class_token[...].astype(x.dtype), (x.shape[0], 1, x.shape[-1]))
