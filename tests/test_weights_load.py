@@ -208,3 +208,18 @@ def test_architecture_arguments_travel_with_the_weights_and_the_checkpoints(tmp_
     key = "blocks/0/multipathway_fusion/conv_fast_to_slow/kernel"
     assert flax_state(loaded)[key].shape == (5, 1, 1, 8, 16)
     np.testing.assert_array_equal(flax_state(loaded)[key], flax_state(model)[key])
+
+
+def test_resized_rebuilds_for_another_clip_with_the_tables_interpolated():
+    """`hub.resized` (what create_model(weights=..., num_frames=...) applies): the same size is the identity;
+    another size interpolates the position tables only and keeps the head's size."""
+    model = create_model("mvit_v2_s", num_classes=5, rngs=nnx.Rngs(0), num_frames=4, crop_size=32)
+    before = port.torch_state(model)
+    same = port.torch_state(hub.resized(model, num_frames=4, crop_size=32))
+    assert all(np.array_equal(before[k], same[k]) for k in before)
+    bigger = hub.resized(model, num_frames=6, crop_size=48)
+    after = port.torch_state(bigger)
+    assert after.keys() == before.keys() and after["head.1.weight"].shape == (5, 768)
+    changed = {k for k in before if before[k].shape != after[k].shape}
+    assert changed and all(".rel_pos_" in k for k in changed)
+    assert all(np.array_equal(before[k], after[k]) for k in before if k not in changed)

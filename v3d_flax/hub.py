@@ -299,16 +299,11 @@ def resized(pretrained: nnx.Module, **kwargs) -> nnx.Module:
     """`pretrained` rebuilt with the factory arguments `kwargs` (another `num_frames`, `crop_size`, Swin's
     `window_size`), its size-dependent tensors interpolated by its record's `resize_state` and every other
     weight copied; in eval mode. PortError where a tensor cannot be fitted."""
-    from v3d_flax.checkpoints import blank_model
-    from v3d_flax.port import from_torch, torch_state
-    from v3d_flax.registry import model_spec
+    from v3d_flax.checkpoints import blank_model, infer_num_classes
+    from v3d_flax.port import from_torch, torch_shapes, torch_state
 
-    spec = model_spec(pretrained.arch)
-    head = spec.classifier.split(".")
-    layer = pretrained
-    for part in head:
-        layer = layer[int(part)] if part.isdigit() else getattr(layer, part)
-    model = blank_model(pretrained.arch, int(layer.kernel.get_value().shape[-1]), **kwargs)
+    num_classes = infer_num_classes(pretrained.arch, torch_shapes(pretrained), kind="torch")
+    model = blank_model(pretrained.arch, num_classes, **kwargs)
     from_torch(model, torch_state(pretrained), resize=True)
     model.eval()
     return model

@@ -31,8 +31,10 @@ _COMMON = dict(clip=(16, 112, 112), recipe=TORCHVISION_TEST, normalization=TORCH
 
 
 # torchvision's Kinetics-400 files, with its acc@1, acc@5 and file size (MB)
-_WEIGHTS = {"r3d_18": torchvision_weights("kinetics400", "r3d_18-b3b3357e.pth", top1=63.200, top5=83.479, size_mb=127.4),
-            "mc3_18": torchvision_weights("kinetics400", "mc3_18-a90a0ba3.pth", top1=63.960, top5=84.130, size_mb=44.7),
+_WEIGHTS = {"r3d_18": torchvision_weights("kinetics400", "r3d_18-b3b3357e.pth", top1=63.200, top5=83.479,
+                                          size_mb=127.4),
+            "mc3_18": torchvision_weights("kinetics400", "mc3_18-a90a0ba3.pth", top1=63.960, top5=84.130,
+                                          size_mb=44.7),
             "r2plus1d_18": torchvision_weights("kinetics400", "r2plus1d_18-91a641e6.pth", top1=67.463, top5=86.175,
                                                size_mb=120.3)}
 
